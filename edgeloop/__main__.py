@@ -1,0 +1,3 @@
+from edgeloop.cli import main
+
+raise SystemExit(main())
