@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, _extra, help_) in COMMANDS.items():
-        if _available(module):
-            sub.add_parser(name, help=help_, add_help=False)
+        built = _available(module)
+        sub.add_parser(name, help=help_ if built else f"{help_} (not built yet)", add_help=False)
     return parser
 
 
@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv else 2
     logging.basicConfig(level=top.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     module_name, extra, help_ = COMMANDS[top.command]
+    if not _available(module_name) and not _available(module_name.split(".")[0]):
+        print(f"edgeloop {top.command} needs the '{extra}' extra: pip install 'edgeloop[{extra}]'", file=sys.stderr)
+        return 2
+    if not _available(module_name):
+        print(f"edgeloop {top.command} is not built yet", file=sys.stderr)
+        return 2
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

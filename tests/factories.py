@@ -30,9 +30,10 @@ def sample(**changes) -> Sample:
 
 
 def detection_sample(**changes) -> Sample:
-    return sample(task="detection", labels=("car", "person"), scores=(),
-                  boxes=(Box(0.1, 0.2, 0.3, 0.4, 0.55, 0), Box(0.5, 0.5, 0.9, 0.95, 0.48, 1)),
-                  strategy="threshold_band", reason="2 boxes in [0.4, 0.6]", **changes)
+    base = dict(task="detection", labels=("car", "person"), scores=(),
+                boxes=(Box(0.1, 0.2, 0.3, 0.4, 0.55, 0), Box(0.5, 0.5, 0.9, 0.95, 0.48, 1)),
+                strategy="threshold_band", reason="2 boxes in [0.4, 0.6]")
+    return sample(**{**base, **changes})
 
 
 def receipt(**changes) -> Receipt:

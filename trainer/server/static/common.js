@@ -1,0 +1,128 @@
+// Shared helpers for every page: the REST client (cookie auth + CSRF header),
+// a tiny DOM builder and formatting. Plain ES2020, no build step.
+"use strict";
+
+const edgeloop = (() => {
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  const csrf = meta ? meta.content : "";
+
+  class ApiError extends Error {
+    constructor(status, detail) {
+      super(typeof detail === "string" ? detail : JSON.stringify(detail));
+      this.status = status;
+      this.detail = detail;
+    }
+  }
+
+  function toLogin() {
+    const next = location.pathname + location.search;
+    location.href = "/login?next=" + encodeURIComponent(next);
+  }
+
+  // Every POST carries the CSRF token: the session is a cookie, so a form on
+  // another site could otherwise make the browser post on the user's behalf.
+  async function api(path, { method = "GET", body, params } = {}) {
+    let url = path;
+    if (params) {
+      const q = new URLSearchParams();
+      for (const [k, v] of Object.entries(params)) {
+        if (v !== undefined && v !== null && v !== "") q.set(k, v);
+      }
+      const s = q.toString();
+      if (s) url += (url.includes("?") ? "&" : "?") + s;
+    }
+    const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+    if (method !== "GET") init.headers["X-CSRF-Token"] = csrf;
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const res = await fetch(url, init);
+    if (res.status === 401) {
+      toLogin();
+      throw new ApiError(401, "not logged in");
+    }
+    const text = await res.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
+    if (!res.ok) {
+      const detail = data && data.detail !== undefined ? data.detail : data || res.statusText;
+      throw new ApiError(res.status, detail);
+    }
+    return data;
+  }
+
+  // h("div.panel", {onclick}, child, "text", [more])
+  function h(tag, attrs, ...children) {
+    const [name, ...classes] = tag.split(".");
+    const node = document.createElement(name || "div");
+    if (classes.length) node.className = classes.join(" ");
+    if (attrs && (typeof attrs !== "object" || attrs instanceof Node || Array.isArray(attrs))) {
+      children.unshift(attrs);
+      attrs = null;
+    }
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else if (k === "style" && typeof v === "object") Object.assign(node.style, v);
+      else if (k === "dataset") Object.assign(node.dataset, v);
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    append(node, children);
+    return node;
+  }
+
+  function append(node, children) {
+    for (const c of children.flat(Infinity)) {
+      if (c === null || c === undefined || c === false) continue;
+      node.appendChild(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  function fill(node, ...children) {
+    node.replaceChildren();
+    return append(node, children);
+  }
+
+  function pct(p) {
+    return p === null || p === undefined ? "–" : (100 * p).toFixed(p >= 0.995 || p < 0.1 ? 1 : 0) + "%";
+  }
+
+  function parseTime(t) {
+    if (t === null || t === undefined || t === "") return null;
+    const d = typeof t === "number" ? new Date(t * 1000) : new Date(t);
+    return isNaN(d.getTime()) ? null : d;
+  }
+
+  function ago(t) {
+    const d = parseTime(t);
+    if (!d) return "never";
+    const s = Math.max(0, (Date.now() - d.getTime()) / 1000);
+    if (s < 5) return "just now";
+    if (s < 90) return Math.round(s) + " s ago";
+    if (s < 5400) return Math.round(s / 60) + " min ago";
+    if (s < 129600) return Math.round(s / 3600) + " h ago";
+    return Math.round(s / 86400) + " d ago";
+  }
+
+  function when(t) {
+    const d = parseTime(t);
+    if (!d) return "–";
+    return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
+  }
+
+  // Distinct, readable colours for classes on a dark background.
+  const PALETTE = ["#4c9aff", "#3ecf8e", "#f2b84b", "#ef5a5a", "#b48cff", "#36c5d6",
+                   "#ff8fb1", "#9bd24a", "#ff9f43", "#8fa3ff"];
+  function colorFor(index) {
+    return PALETTE[((index % PALETTE.length) + PALETTE.length) % PALETTE.length];
+  }
+
+  function typing(ev) {
+    const t = ev.target;
+    return t && (t.tagName === "INPUT" || t.tagName === "SELECT" || t.tagName === "TEXTAREA" || t.isContentEditable);
+  }
+
+  return { api, ApiError, h, fill, append, pct, ago, when, colorFor, typing, toLogin };
+})();

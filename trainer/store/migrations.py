@@ -1,0 +1,117 @@
+"""Named schema migrations, each applied once inside its own transaction."""
+
+from __future__ import annotations
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+
+class _Migrations(Migrations):
+    migrations_table = "_migrations"
+
+
+migrations = _Migrations("edgeloop.store")
+
+
+@migrations(name="0001_initial")
+def _initial(db: sqlite_utils.Database) -> None:
+    for statement in _INITIAL:
+        db.execute(statement)
+
+
+_INITIAL = (
+    """CREATE TABLE projects (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        name TEXT NOT NULL,
+        task TEXT CHECK (task IN ('classification', 'detection')),
+        labels TEXT NOT NULL DEFAULT '[]',
+        batch_size INTEGER NOT NULL DEFAULT 40 CHECK (batch_size BETWEEN 30 AND 50),
+        created_at REAL NOT NULL)""",
+    """CREATE TABLE examples (
+        id INTEGER PRIMARY KEY,
+        blob TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        label TEXT,
+        boxes TEXT NOT NULL DEFAULT '[]',
+        split TEXT CHECK (split IN ('train', 'val', 'test')),
+        source TEXT NOT NULL CHECK (source IN ('edge', 'import', 'synthetic')),
+        status TEXT NOT NULL CHECK (status IN ('pending_review', 'labeled', 'rejected', 'skipped')),
+        labeled_by TEXT,
+        labeled_at REAL,
+        round_added INTEGER NOT NULL DEFAULT 0,
+        phash INTEGER,
+        origin TEXT UNIQUE,
+        created_at REAL NOT NULL)""",
+    "CREATE INDEX examples_status ON examples (status, id)",
+    "CREATE INDEX examples_labeled_at ON examples (labeled_at)",
+    "CREATE INDEX examples_blob ON examples (blob)",
+    """CREATE TABLE samples (
+        example_id INTEGER PRIMARY KEY REFERENCES examples (id),
+        frame_id TEXT NOT NULL UNIQUE,
+        agent_id TEXT NOT NULL,
+        camera_id TEXT NOT NULL,
+        model_name TEXT NOT NULL,
+        model_version INTEGER NOT NULL,
+        task TEXT NOT NULL,
+        captured_at REAL NOT NULL,
+        prediction TEXT NOT NULL,
+        predicted_label TEXT,
+        uncertainty REAL NOT NULL,
+        strategy TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        received_at REAL NOT NULL)""",
+    "CREATE INDEX samples_filters ON samples (agent_id, camera_id, model_version)",
+    """CREATE TABLE label_events (
+        id INTEGER PRIMARY KEY,
+        example_id INTEGER NOT NULL REFERENCES examples (id),
+        user TEXT NOT NULL,
+        action TEXT NOT NULL,
+        before TEXT NOT NULL,
+        after TEXT NOT NULL,
+        at REAL NOT NULL,
+        undone_at REAL)""",
+    "CREATE INDEX label_events_user ON label_events (user, id)",
+    """CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        prefix BLOB NOT NULL,
+        at REAL NOT NULL)""",
+    "CREATE INDEX dead_letters_reason ON dead_letters (reason)",
+    """CREATE TABLE agents (
+        agent_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL DEFAULT 'unknown',
+        software_version TEXT NOT NULL DEFAULT '',
+        model_name TEXT NOT NULL DEFAULT '',
+        model_version INTEGER NOT NULL DEFAULT 0,
+        model_state TEXT NOT NULL DEFAULT 'none',
+        cameras TEXT NOT NULL DEFAULT '[]',
+        cohorts TEXT NOT NULL DEFAULT '[]',
+        detail TEXT NOT NULL DEFAULT '',
+        status_at REAL,
+        telemetry TEXT,
+        telemetry_at REAL,
+        last_seen REAL NOT NULL)""",
+    """CREATE TABLE telemetry (
+        id INTEGER PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        received_at REAL NOT NULL,
+        data TEXT NOT NULL)""",
+    "CREATE INDEX telemetry_agent ON telemetry (agent_id, id)",
+    """CREATE TABLE rounds (
+        id INTEGER PRIMARY KEY,
+        started REAL NOT NULL,
+        finished REAL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '{}')""",
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+)
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    migrations.apply(db)

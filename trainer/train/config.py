@@ -1,0 +1,113 @@
+"""Typed training configuration, validated when a round starts.
+
+Every model forbids unknown keys so a typo in a project's config file fails
+at once with the key's path instead of being ignored. Load with
+``load_config(path)`` (JSON or TOML) or build ``TrainConfig(**dict)``.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainer.train.errors import TrainingError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AugmentConfig(_Strict):
+    """Realistic defaults: what a fixed camera plausibly sees. Probabilities are per image."""
+
+    enabled: bool = True
+    hflip: float = Field(0.5, ge=0, le=1)
+    vflip: float = Field(0.0, ge=0, le=1)  # off: most scenes have an up (cars are never upside down)
+    rotate_degrees: float = Field(10.0, ge=0, le=180)
+    scale: tuple[float, float] = (0.85, 1.15)
+    translate: float = Field(0.08, ge=0, le=0.5)
+    perspective: float = Field(0.15, ge=0, le=1)  # distortion scale; applied with p=0.3
+    brightness: float = Field(0.25, ge=0, le=1)
+    contrast: float = Field(0.25, ge=0, le=1)
+    saturation: float = Field(0.25, ge=0, le=1)
+    hue: float = Field(0.03, ge=0, le=0.5)
+    blur: float = Field(0.15, ge=0, le=1)  # probability of a small Gaussian blur
+    noise: float = Field(0.15, ge=0, le=1)  # probability of Gaussian pixel noise
+    noise_sigma: float = Field(0.03, ge=0, le=0.5)
+    erase: float = Field(0.25, ge=0, le=1)  # probability of a random occluder
+    custom: tuple[str, ...] = ()  # entry-point names or "module:function" factories
+
+    @model_validator(mode="after")
+    def _scale_order(self) -> "AugmentConfig":
+        lo, hi = self.scale
+        if not 0 < lo <= hi:
+            raise ValueError("scale must be (low, high) with 0 < low <= high")
+        return self
+
+
+class SplitConfig(_Strict):
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    caps: tuple[int | None, int | None, int | None] = (None, 100, 100)
+
+    @model_validator(mode="after")
+    def _sum(self) -> "SplitConfig":
+        if abs(sum(self.ratios) - 1.0) > 1e-6 or min(self.ratios) < 0:
+            raise ValueError("ratios must be three non-negative numbers summing to 1")
+        return self
+
+
+class ExportConfig(_Strict):
+    enabled: bool = True
+    opset: int = Field(17, ge=11, le=23)
+    atol: float = Field(1e-3, gt=0)
+    rtol: float = Field(1e-3, ge=0)
+    verify_images: int = Field(8, ge=1, le=256)
+    score_threshold: float = Field(0.3, ge=0, le=1)  # written into the card for detection
+
+
+class TrainConfig(_Strict):
+    task: Literal["classification", "detection"] | None = None  # None: inferred from the examples
+    model: str = "small_cnn"
+    input_size: int | None = Field(None, ge=16, le=2048)  # None: the model's default
+    weights: str | None = None  # a local .pt state dict, or a torchvision weights name
+    epochs: int = Field(30, ge=1, le=10000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+    patience: int = Field(6, ge=1)  # early stop after this many epochs without a better val loss
+    overfit_epochs: int = Field(3, ge=2)  # N epochs of train loss down while val loss up
+    min_delta: float = Field(1e-4, ge=0)
+    full_retrain: bool = False
+    new_weight: float = Field(3.0, ge=1.0)  # sampling weight of examples added this round
+    balance: Literal["sampler", "loss", "none"] = "sampler"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # only used on CUDA
+    num_workers: int = Field(0, ge=0, le=64)
+    cache_images: bool = True  # decode and resize each image once per round
+    splits: SplitConfig = SplitConfig()
+    augment: AugmentConfig = AugmentConfig()
+    export: ExportConfig = ExportConfig()
+
+
+def load_config(path: str | Path | None, **overrides: object) -> TrainConfig:
+    """Read a JSON/TOML config file (or none) and apply non-None overrides on top."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as e:
+            raise TrainingError(f"{path}: cannot parse config: {e}") from e
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(config)"
+        raise TrainingError(f"bad training config at {where}: {err['msg']}") from e
