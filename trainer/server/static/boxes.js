@@ -13,11 +13,11 @@ class BoxEditor {
     this.selected = -1;
     this.drag = null;
     this.currentLabel = labels[0] || "";
+    this.loaded = false; // until the pre-labels are placed on the loaded image
     svg.addEventListener("pointerdown", (e) => this._down(e));
     svg.addEventListener("pointermove", (e) => this._move(e));
     svg.addEventListener("pointerup", (e) => this._up(e));
     svg.addEventListener("pointercancel", () => { this.drag = null; this.render(); });
-    window.addEventListener("resize", () => this.render());
   }
 
   // Pre-labels: the model's boxes whose score reaches the threshold.
@@ -27,6 +27,7 @@ class BoxEditor {
       score: b.score === undefined ? null : b.score, model: b.score !== undefined,
     }));
     this.original = this._signature();
+    this.loaded = true;
     this.selected = this.boxes.length ? 0 : -1;
     this.render();
     this.onChange();
@@ -158,6 +159,10 @@ class BoxEditor {
       const b = this.boxes[this.selected];
       [b.x1, b.x2] = [Math.min(b.x1, b.x2), Math.max(b.x1, b.x2)];
       [b.y1, b.y2] = [Math.min(b.y1, b.y2), Math.max(b.y1, b.y2)];
+      // A corner dragged onto its opposite would leave an empty box, which
+      // the API refuses: keep a minimal extent inside the image.
+      [b.x1, b.x2] = minExtent(b.x1, b.x2);
+      [b.y1, b.y2] = minExtent(b.y1, b.y2);
       b.model = false;
     }
     this._touched();
@@ -207,6 +212,13 @@ function svgEl(name, attrs) {
   const node = document.createElementNS("http://www.w3.org/2000/svg", name);
   for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
   return node;
+}
+
+const MIN_EXTENT = 0.005;
+function minExtent(a, b) {
+  if (b - a >= MIN_EXTENT) return [a, b];
+  const lo = Math.min(Math.max(0, a), 1 - MIN_EXTENT);
+  return [lo, lo + MIN_EXTENT];
 }
 
 function clamp(v) { return Math.min(1, Math.max(0, v)); }

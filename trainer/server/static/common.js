@@ -119,9 +119,14 @@ const edgeloop = (() => {
     return PALETTE[((index % PALETTE.length) + PALETTE.length) % PALETTE.length];
   }
 
+  // Keys go to the page unless the user is typing text: a focused slider or
+  // button must not swallow the review shortcuts.
+  const TEXT_INPUTS = new Set(["text", "search", "number", "password", "email", "url", "tel", ""]);
   function typing(ev) {
     const t = ev.target;
-    return t && (t.tagName === "INPUT" || t.tagName === "SELECT" || t.tagName === "TEXTAREA" || t.isContentEditable);
+    if (!t) return false;
+    if (t.tagName === "INPUT") return TEXT_INPUTS.has((t.getAttribute("type") || "").toLowerCase());
+    return t.tagName === "SELECT" || t.tagName === "TEXTAREA" || t.isContentEditable;
   }
 
   return { api, ApiError, h, fill, append, pct, ago, when, colorFor, typing, toLogin };

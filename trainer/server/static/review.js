@@ -8,12 +8,13 @@
   const $ = (id) => document.getElementById(id);
   const PREFETCH = 3;
   const PAGE = 20;
+  const EMPTY_POLL_MS = 10000;
   const FILTERS = ["camera", "agent", "model_version", "predicted", "strategy"];
 
   const state = {
     project: null, labels: [], task: "classification",
     filters: {}, buffer: [], current: null, seen: new Set(), total: null,
-    busy: false, exhausted: false, editor: null, search: "",
+    busy: false, editor: null, search: "",
     threshold: Number(localStorage.getItem("edgeloop.threshold") || 0.5),
   };
 
@@ -35,7 +36,6 @@
         offset += page.items.length;
         if (page.items.length < PAGE || offset >= page.total) break;
       }
-      state.exhausted = state.buffer.length === 0;
       prefetchImages();
     })().finally(() => { state.fetching = null; });
     return state.fetching;
@@ -53,6 +53,7 @@
   async function showNext() {
     if (!state.buffer.length) await fetchMore();
     state.current = state.buffer.shift() || null;
+    state.search = "";
     render();
     if (state.buffer.length < PREFETCH) fetchMore().catch(showError);
     else prefetchImages();
@@ -65,9 +66,10 @@
     try {
       await api(`/api/items/${encodeURIComponent(item.id)}/label`, { method: "POST", body: { action, ...extra } });
       state.seen.add(item.id);
-      flash(describe(action, extra));
+      if (state.total) state.total -= 1; // every action takes the item out of the pending queue
       refreshProgress();
       await showNext();
+      flash(describe(action, extra)); // after the render, which rebuilds the stage
     } catch (err) {
       showError(err);
     } finally {
@@ -91,12 +93,13 @@
       state.buffer = state.buffer.filter((i) => i.id !== item.id);
       if (state.current && state.current.id !== item.id) state.buffer.unshift(state.current);
       state.current = item;
-      flash("Undone");
+      if (state.total !== null) state.total += 1;
       refreshProgress();
       render();
+      flash("Undone");
     } catch (err) {
-      if (err.status === 404 || err.status === 409) flash("Nothing to undo");
-      else showError(err);
+      if (err.status === 404) flash("Nothing to undo");
+      else showError(err); // 409: someone else changed the item since; the message says so
     } finally {
       state.busy = false;
     }
@@ -118,12 +121,27 @@
     document.querySelectorAll("[data-needs-item]").forEach((b) => { b.disabled = false; });
   }
 
+  // While the queue is empty, look again now and then: the fleet keeps sending.
+  let pollTimer = null;
+  function pollWhenEmpty() {
+    clearTimeout(pollTimer);
+    pollTimer = setTimeout(async () => {
+      if (state.current) return;
+      try {
+        await fetchMore();
+        if (!state.current && state.buffer.length) await showNext();
+        else pollWhenEmpty();
+      } catch (err) { showError(err); pollWhenEmpty(); }
+    }, EMPTY_POLL_MS);
+  }
+
   function renderEmpty() {
+    pollWhenEmpty();
     const filtered = FILTERS.some((k) => state.filters[k]);
     fill($("stage"), h("div.empty",
       h("div", { style: { fontSize: "16px", color: "var(--text)" } }, "The queue is empty"),
       h("div", filtered ? "Nothing matches these filters. " : "New samples appear as the fleet sends them. "),
-      h("div", "Press ", h("kbd", "U"), " to undo the last decision.")));
+      h("div", "Press ", h("kbd", "U"), " to undo the last decision.")), h("div.flash", { id: "flash" }));
     fill($("prediction"));
     fill($("why"));
     fill($("source"));
@@ -131,25 +149,49 @@
   }
 
   function renderStage(item) {
-    const img = item._img && item._img.complete ? item._img : new Image();
+    const img = item._img || new Image();
     if (!img.src) img.src = item.image_url;
     img.alt = `sample ${item.id}`;
     img.draggable = false;
     img.id = "item-image";
     const canvas = h("div.canvas", img);
     fill($("stage"), canvas, h("div.flash", { id: "flash" }));
+    const broken = () => showError(new Error(
+      `the image of item ${item.id} could not be loaded; X rejects it, S skips it`));
+    // A prefetched image may have failed before this listener existed.
+    if (img.complete && !img.naturalWidth) broken();
+    else img.addEventListener("error", broken, { once: true });
+    const fit = () => fitImage(img);
+    if (img.complete && img.naturalWidth) fit();
+    else img.addEventListener("load", fit, { once: true });
     if (state.task === "detection") {
       const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
       svg.id = "overlay";
       canvas.appendChild(svg);
-      state.editor = new BoxEditor(svg, state.labels, renderBoxPanel);
-      const load = () => state.editor.load(prelabels(item));
+      // This item's editor, even if the reviewer has moved on when the image arrives.
+      const editor = new BoxEditor(svg, state.labels, renderBoxPanel);
+      state.editor = editor;
+      const load = () => editor.load(prelabels(item));
       if (img.complete && img.naturalWidth) requestAnimationFrame(load);
       else img.addEventListener("load", load, { once: true });
     } else {
       state.editor = null;
     }
   }
+
+  // Scale the image to fill the stage (small edge frames are upscaled so
+  // boxes are easy to draw); the overlay follows the image's box.
+  function fitImage(img) {
+    const stage = $("stage");
+    if (!img.naturalWidth || !stage.contains(img)) return;
+    const pad = 16;
+    const scale = Math.min((stage.clientWidth - pad) / img.naturalWidth, (stage.clientHeight - pad) / img.naturalHeight);
+    img.style.width = `${Math.max(1, Math.floor(img.naturalWidth * scale))}px`;
+    img.style.height = `${Math.max(1, Math.floor(img.naturalHeight * scale))}px`;
+    if (state.editor) state.editor.render();
+  }
+
+  window.addEventListener("resize", () => { const img = $("item-image"); if (img) fitImage(img); });
 
   function prelabels(item) {
     const boxes = (item.prediction && item.prediction.boxes) || [];
@@ -242,16 +284,19 @@
   async function refreshProgress() {
     try {
       const p = await api("/api/progress");
-      const max = Math.max(p.batch_max || 1, p.corrected_since_last_round);
-      const done = p.corrected_since_last_round >= p.batch_min;
+      const n = p.corrected_since_last_round;
+      const target = p.batch_size || p.batch_min;
+      const scale = Math.max(p.batch_max, n, 1);
+      const done = n >= target;
       fill($("progress"),
-        h("div.progress-line", h("span", h("b", String(p.corrected_since_last_round)), " corrected since the last round"),
+        h("div.progress-line", h("span", h("b", String(n)), ` of ${target} corrected since the last round`),
           h("span.muted", `batch ${p.batch_min}–${p.batch_max}`)),
-        h(`div.bar${done ? ".ok" : ""}`,
-          h("span.target", { style: { left: `${100 * p.batch_min / max}%`, width: `${100 * (p.batch_max - p.batch_min) / max}%` } }),
-          h("i", { style: { width: `${Math.min(100, 100 * p.corrected_since_last_round / max)}%` } })),
+        h(`div.bar${done ? ".ok" : ""}`, { title: `${n} corrected; the next round trains on ${target}` },
+          h("span.target", { style: { left: `${100 * p.batch_min / scale}%`,
+                                      width: `${100 * (p.batch_max - p.batch_min) / scale}%` } }),
+          h("i", { style: { width: `${Math.min(100, 100 * n / scale)}%` } })),
         h("div.muted", { style: { fontSize: "12px", marginTop: "6px" } },
-          done ? "Enough for a training round." : `${p.batch_min - p.corrected_since_last_round} more before the next round.`));
+          done ? "Enough corrected examples for the next training round." : `${target - n} more before the next round.`));
     } catch (err) {
       if (err.status !== 401) fill($("progress"), h("span.muted", "progress unavailable"));
     }
@@ -276,10 +321,13 @@
   // ---------- keys ----------
   function saveBoxes() {
     const ed = state.editor;
-    if (!ed) return;
-    // Unchanged model pre-labels are an accept; anything edited is a label.
-    if (ed.changed()) act("label", { boxes: ed.result() });
-    else act("accept", { boxes: ed.result() });
+    // Before the image and its pre-labels are in place there is nothing to save.
+    if (!ed || !ed.loaded) return;
+    // Unchanged pre-labels are an accept, but only when the threshold hid no
+    // model box: the server's accept stores every box the model returned.
+    const all = (state.current.prediction && state.current.prediction.boxes) || [];
+    const accept = !ed.changed() && ed.boxes.length === all.length;
+    act(accept ? "accept" : "label", { boxes: ed.result() });
   }
 
   function toggleHelp(show) {
@@ -303,6 +351,8 @@
       return;
     }
     const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+    // A held-down key must not label a run of items; only navigation repeats.
+    if (e.repeat && !["Tab", "[", "]"].includes(key)) { e.preventDefault(); return; }
     if (key === "?") { toggleHelp(true); e.preventDefault(); return; }
     if (key === "u") { undo(); e.preventDefault(); return; }
     if (!state.current) return;

@@ -1,0 +1,61 @@
+// The fleet page: one row per agent from GET /api/fleet, refreshed every few
+// seconds while the tab is visible.
+"use strict";
+
+(() => {
+  const { api, h, fill, ago, when } = edgeloop;
+  const $ = (id) => document.getElementById(id);
+  const REFRESH_MS = 5000;
+
+  function stateBadge(state) {
+    const online = state === "online";
+    return h("span", h(`span.dot.${online ? "online" : "offline"}`), state || "unknown");
+  }
+
+  function modelCell(a) {
+    const cls = { ok: "ok", updating: "warn", reverted: "warn", failed: "bad" }[a.model_state] || "";
+    return h("span", h("span", a.model_name || "–"), " ", h("span.mono", a.model_version || ""), " ",
+      a.model_state ? h(`span.badge${cls ? "." + cls : ""}`, a.model_state) : null);
+  }
+
+  function cameras(list) {
+    if (!list || !list.length) return "–";
+    return list.map((c) => (typeof c === "string" ? c : c.camera_id || c.id || JSON.stringify(c))).join(", ");
+  }
+
+  function num(v, digits = 0) {
+    return v === null || v === undefined ? "–" : Number(v).toFixed(digits);
+  }
+
+  function row(a) {
+    const depth = a.outbox_depth || 0;
+    return h("tr", { dataset: { agent: a.agent_id } },
+      h("td.mono", a.agent_id),
+      h("td", stateBadge(a.state)),
+      h("td", modelCell(a)),
+      h("td", cameras(a.cameras)),
+      h("td.num", num(a.fps, 1)),
+      h("td.num", depth > 100 ? h("span.badge.warn", String(depth)) : String(depth)),
+      h("td", { title: when(a.last_seen) }, ago(a.last_seen)),
+      h("td.muted", (a.cohorts || []).join(", ") || "–"),
+      h("td.muted", a.detail || ""));
+  }
+
+  async function refresh() {
+    try {
+      const fleet = await api("/api/fleet");
+      const agents = fleet.agents || [];
+      const online = agents.filter((a) => a.state === "online").length;
+      $("fleet-summary").textContent = `${online} of ${agents.length} agents online · updated ${new Date().toLocaleTimeString()}`;
+      fill($("fleet-body"), agents.length ? agents.map(row)
+        : h("tr", h("td.muted", { colspan: 9 }, "No agent has reported yet.")));
+      $("fleet-error").classList.add("hidden");
+    } catch (err) {
+      $("fleet-error").textContent = `Could not load the fleet: ${err.message}`;
+      $("fleet-error").classList.remove("hidden");
+    }
+  }
+
+  refresh();
+  setInterval(() => { if (!document.hidden) refresh(); }, REFRESH_MS);
+})();
