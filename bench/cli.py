@@ -47,8 +47,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"edgeloop bench {args.name}")
+    parser.add_argument("--json", metavar="FILE", dest="json_out", default=args.json,
+                        help="also write the figures to FILE")
     module.configure(parser)
     options = parser.parse_args(args.options)
+    args.json = options.json_out
     started = time.time()
     result = {"bench": args.name, "started": started, **module.run(options)}
     result["wall_seconds"] = round(time.time() - started, 3)

@@ -1,0 +1,106 @@
+"""A small paho client for the publishing side: retained QoS 1 announcements, fleet health.
+
+paho's network thread reconnects on its own; subscriptions are renewed on
+every connect because the session is clean.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+
+log = logging.getLogger(__name__)
+
+OnMessage = Callable[[str, bytes, bool], None]  # topic, payload, retained
+
+
+class MqttError(Exception):
+    """The broker did not accept a connection, subscription or publish in time."""
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    keepalive: int = 30
+
+
+class MqttLink:
+    def __init__(self, settings: MqttSettings, subscriptions: tuple[str, ...] = (),
+                 on_message: OnMessage | None = None) -> None:
+        self.settings = settings
+        self.subscriptions = subscriptions
+        self._on_message = on_message
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id)
+        if settings.username:
+            c.username_pw_set(settings.username, settings.password)
+        if settings.tls:
+            c.tls_set(ca_certs=settings.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        c.reconnect_delay_set(0.2, 10)
+        c.on_connect = self._connected_cb
+        c.on_disconnect = lambda *_a: self._connected.clear()
+        c.on_subscribe = lambda *_a: self._subscribed.set()
+        c.on_message = self._message_cb
+        self.client = c
+
+    def _connected_cb(self, client, _userdata, _flags, reason_code, _props) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT connection refused: %s", reason_code)
+            return
+        try:
+            client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+        if self.subscriptions:
+            client.subscribe([(t, 1) for t in self.subscriptions])
+        else:
+            self._subscribed.set()
+        self._connected.set()
+
+    def _message_cb(self, _client, _userdata, msg) -> None:
+        if self._on_message is None:
+            return
+        try:
+            self._on_message(msg.topic, msg.payload, bool(msg.retain))
+        except Exception:  # a bad message must not kill paho's network thread
+            log.exception("handling a message on %s failed", msg.topic)
+
+    def start(self, timeout: float = 10.0) -> "MqttLink":
+        s = self.settings
+        try:
+            self.client.connect(s.host, s.port, keepalive=s.keepalive)
+        except OSError as e:
+            raise MqttError(f"cannot connect to MQTT broker {s.host}:{s.port}: {e}") from e
+        self.client.loop_start()
+        if not (self._connected.wait(timeout) and self._subscribed.wait(timeout)):
+            self.stop()
+            raise MqttError(f"MQTT broker {s.host}:{s.port} did not accept the connection in {timeout:.0f}s")
+        return self
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1,
+                timeout: float = 10.0) -> None:
+        """Publish and wait for the broker's acknowledgement (PUBACK for QoS 1)."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as e:
+            raise MqttError(f"publish to {topic} failed: {e}") from e
+        if not info.is_published():
+            raise MqttError(f"broker did not acknowledge the publish to {topic} within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

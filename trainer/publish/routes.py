@@ -1,0 +1,253 @@
+"""HTTP routes: model downloads for agents, and the ``/api/models`` API for people and scripts.
+
+``router`` serves ``GET /models/{name}/{version}.onnx`` WITHOUT authentication:
+agents hold no UI token. That is safe because the route only serves files
+the registry has registered and announced (a signed manifest promising
+their sha256 and size exists), looked up by name and integer version, never
+a path from the request; the files are the same models every agent
+receives. Serve it over HTTPS or a private network if the models are secret.
+
+``api_router(require_user)`` is authenticated (the server's
+``trainer.server.auth.require_user`` by default). Both read their services
+from ``app.state``: ``registry`` (Registry), ``publishing``
+(PublishingService, for publish/rollback/rollout) and ``rounds``
+(trainer.rounds.pipeline.RoundManager); a missing one answers 503.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from typing import Annotated, Any, Callable
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.manifest import Cohort
+from protocol.topics import ID_RE
+
+from .lineage import example_lineage
+from .mqttlink import MqttError
+from .publisher import PublishError
+from .registry import ModelNotFound, ModelRecord, Registry, RegistryError
+
+log = logging.getLogger(__name__)
+
+Name = Annotated[str, Path(pattern=ID_RE.pattern, description="the model name")]
+Version = Annotated[int, Path(ge=1, le=2**31, description="the model version")]
+router = APIRouter(tags=["models"])
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+API_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "no or wrong credentials"},
+    403: {"model": ErrorOut, "description": "missing CSRF token on a cookie-authenticated write"},
+    404: {"model": ErrorOut, "description": "no such model or version"},
+    409: {"model": ErrorOut, "description": "not possible now (a round is running, nothing to roll back to...)"},
+    503: {"model": ErrorOut, "description": "registry, publishing or rounds not configured, or broker unreachable"},
+}
+
+
+def registry_of(request: Request) -> Registry:
+    registry = getattr(request.app.state, "registry", None)
+    if registry is None:
+        raise HTTPException(503, "the model registry is not configured on this server")
+    return registry
+
+
+RegistryDep = Annotated[Registry, Depends(registry_of)]
+
+
+@router.head("/models/{name}/{version}.onnx", response_class=FileResponse, operation_id="model_file_head",
+             summary="size and sha256 of an announced model file",
+             responses={404: {"model": ErrorOut}, 410: {"model": ErrorOut}, 503: {"model": ErrorOut}})
+@router.get("/models/{name}/{version}.onnx", response_class=FileResponse, operation_id="model_file",
+            summary="download an announced model file (no authentication; see docs/publishing.md)",
+            responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorOut},
+                       410: {"model": ErrorOut}, 503: {"model": ErrorOut}})
+def download(name: Name, version: Version, registry: RegistryDep) -> FileResponse:
+    record = registry.servable(name, version)
+    if record is None:
+        raise HTTPException(404, f"no announced model {name} v{version}")
+    try:
+        size = os.stat(record.file_path).st_size
+    except OSError as e:
+        log.error("model file of %s v%d is missing: %s", name, version, e)
+        raise HTTPException(410, f"the file of {name} v{version} is gone") from e
+    if size != record.size:
+        # Agents would refuse it anyway (sha256), but say where the fault is.
+        log.error("model file %s is %d bytes, the registry says %d", record.file_path, size, record.size)
+        raise HTTPException(500, f"the file of {name} v{version} does not match the registry")
+    return FileResponse(record.file_path, media_type="application/octet-stream",
+                        filename=f"{name}-{version}.onnx", content_disposition_type="attachment",
+                        headers={"X-Content-SHA256": record.sha256,
+                                 "Cache-Control": "public, max-age=31536000, immutable"})
+
+
+# -- the authenticated API ------------------------------------------------------------------------
+
+class CohortIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str = Field("fleet", pattern="^(canary|fleet)$")
+    percent: int = Field(0, ge=0, le=100)
+    agents: list[Annotated[str, Field(pattern=ID_RE.pattern)]] = Field(default_factory=list, max_length=10000)
+    groups: list[Annotated[str, Field(pattern=ID_RE.pattern)]] = Field(default_factory=list, max_length=256)
+
+    def cohort(self) -> Cohort:
+        return Cohort(self.stage, self.percent, tuple(self.agents), tuple(self.groups))
+
+
+class PublishIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    staged: bool = True  # canary first, watched, then fleet; false: announce to ``cohort`` at once
+    cohort: CohortIn = CohortIn()
+
+
+class RollbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: int | None = Field(None, ge=1, le=2**31)
+
+
+def _model(m: ModelRecord, detail: bool = False) -> dict[str, Any]:
+    d = m.to_dict()
+    if not detail:
+        d.pop("config")
+    return d
+
+
+def _publication(p: dict) -> dict[str, Any]:
+    return {**p, "manifest": p["manifest"].decode(), "signature": base64.b64encode(p["signature"]).decode()}
+
+
+def _service(request: Request):
+    svc = getattr(request.app.state, "publishing", None)
+    if svc is None:
+        raise HTTPException(503, "publishing is not configured on this server (no signing key or broker)")
+    return svc
+
+
+def _rounds(request: Request):
+    rounds = getattr(request.app.state, "rounds", None)
+    if rounds is None:
+        raise HTTPException(503, "training rounds are not configured on this server")
+    return rounds
+
+
+def api_router(require_user: Callable[..., str] | None = None) -> APIRouter:
+    """The ``/api/models`` routes, protected by ``require_user`` (default: the server's auth)."""
+    if require_user is None:
+        from trainer.server.auth import require_user
+    api = APIRouter(prefix="/api/models", tags=["models"], dependencies=[Depends(require_user)],
+                    responses=API_ERRORS)
+    _round_routes(api, require_user)
+
+    @api.get("", summary="every registered model, newest first")
+    def list_models(registry: RegistryDep,
+                    name: Annotated[str | None, Query(pattern=ID_RE.pattern)] = None) -> list[dict[str, Any]]:
+        return [_model(m) for m in registry.models(name)]
+
+    @api.get("/by-example/{example_id}", summary="lineage of an example: who sampled and labelled it, "
+             "and the models whose rounds used it")
+    def by_example(request: Request, registry: RegistryDep,
+                   example_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+        service = getattr(request.app.state, "service", None)
+        return example_lineage(example_id, registry, getattr(service, "store", None))
+
+    @api.get("/{name}/compare", summary="two versions side by side: metrics, per-class metrics, config")
+    def compare(registry: RegistryDep, name: Name, a: Annotated[int, Query(ge=1, le=2**31)],
+                b: Annotated[int, Query(ge=1, le=2**31)]) -> dict[str, Any]:
+        try:
+            left, right = registry.get(name, a), registry.get(name, b)
+        except ModelNotFound as e:
+            raise HTTPException(404, str(e)) from e
+        delta = {k: right.metrics[k] - left.metrics[k] for k in left.metrics
+                 if isinstance(left.metrics.get(k), (int, float)) and isinstance(right.metrics.get(k), (int, float))}
+        return {"a": _model(left, True), "b": _model(right, True), "metric_delta": delta}
+
+    @api.get("/{name}/rollout", summary="the staged rollout in progress or the last one, with canary health")
+    def rollout_status(request: Request, name: Name) -> dict[str, Any]:
+        return _service(request).controller.status()
+
+    @api.post("/{name}/rollout/cancel", summary="halt the rollout in progress and roll back")
+    def rollout_cancel(request: Request, name: Name, user: str = Depends(require_user)) -> dict[str, Any]:
+        cancelled = _service(request).controller.cancel_current(name)
+        if cancelled:
+            log.warning("%s cancelled the rollout of %s", user, name)
+        return {"cancelled": cancelled}
+
+    @api.get("/{name}/{version}", summary="one model with its announcements and events")
+    def get_model(registry: RegistryDep, name: Name, version: Version) -> dict[str, Any]:
+        try:
+            m = registry.get(name, version)
+        except ModelNotFound as e:
+            raise HTTPException(404, str(e)) from e
+        return {**_model(m, True), "publications": [_publication(p) for p in registry.publications(name, version)],
+                "events": registry.events(name, version)}
+
+    @api.get("/{name}/{version}/examples", summary="lineage: the examples a model was trained and tested on")
+    def model_examples(registry: RegistryDep, name: Name, version: Version) -> dict[str, str]:
+        try:
+            return registry.examples_of(name, version)
+        except ModelNotFound as e:
+            raise HTTPException(404, str(e)) from e
+
+    @api.post("/{name}/{version}/publish", status_code=202, summary="publish a version (staged or to a cohort)")
+    def publish(request: Request, name: Name, version: Version, body: PublishIn,
+                user: str = Depends(require_user)) -> dict[str, Any]:
+        svc = _service(request)
+        try:
+            svc.registry.get(name, version)
+            if body.staged:
+                svc.controller.roll_out_async(name, version)
+                return {"name": name, "version": version, "staged": True}
+            p = svc.controller.publish(name, version, body.cohort.cohort())
+        except MqttError as e:
+            raise HTTPException(503, f"the broker did not take the announcement: {e}") from e
+        except (RegistryError, PublishError) as e:
+            raise HTTPException(404 if isinstance(e, ModelNotFound) else 409, str(e)) from e
+        log.info("%s published %s v%d to %s", user, name, version, body.cohort.stage)
+        return {"name": name, "version": version, "staged": False, "url": p.announcement.url}
+
+    @api.post("/{name}/rollback", summary="re-announce an earlier model under a new, higher version")
+    def rollback(request: Request, name: Name, body: RollbackIn,
+                 user: str = Depends(require_user)) -> dict[str, Any]:
+        svc = _service(request)
+        try:
+            p = svc.controller.rollback(name, body.to)
+        except MqttError as e:
+            raise HTTPException(503, f"the broker did not take the announcement: {e}") from e
+        except (RegistryError, PublishError) as e:
+            raise HTTPException(404 if isinstance(e, ModelNotFound) else 409, str(e)) from e
+        log.warning("%s rolled %s back: v%d (%s)", user, name, p.record.version, p.record.note)
+        return {"name": name, "version": p.record.version, "note": p.record.note}
+
+    return api
+
+
+def _round_routes(api: APIRouter, require_user: Callable[..., str]) -> None:
+    """Declared first so ``/api/models/rounds`` is not taken for a model named "rounds"."""
+    from trainer.rounds.worker import Busy
+
+    @api.get("/rounds", summary="the running or last round: progress (epoch, loss, val_loss) and outcome")
+    def round_progress(request: Request) -> dict[str, Any]:
+        return _rounds(request).progress()
+
+    @api.post("/rounds", status_code=202, summary="start a training round now")
+    def start_round(request: Request, user: str = Depends(require_user)) -> dict[str, Any]:
+        try:
+            round_id = _rounds(request).start_round(f"started by {user}")
+        except Busy as e:
+            raise HTTPException(409, str(e)) from e
+        return {"round_id": round_id}
+
+    @api.post("/rounds/cancel", summary="cancel the running round")
+    def cancel_round(request: Request) -> dict[str, Any]:
+        return {"cancelled": _rounds(request).cancel()}
