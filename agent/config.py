@@ -84,7 +84,10 @@ class CameraConfig(_Strict):
     max_fps: float = Field(0.0, ge=0, le=1000)  # 0: no limit
     synthetic: SyntheticConfig = SyntheticConfig()
 
-    _id = field_validator("id")(classmethod(lambda cls, v: _check_id(v)))
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return _check_id(v)
 
 
 class ModelConfig(_Strict):
@@ -95,7 +98,10 @@ class ModelConfig(_Strict):
     intra_op_threads: int = Field(0, ge=0, le=256)  # 0: onnxruntime decides
     inter_op_threads: int = Field(0, ge=0, le=256)
 
-    _name = field_validator("name")(classmethod(lambda cls, v: _check_id(v)))
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_id(v)
 
 
 class LeastConfidence(_Strict):
@@ -192,7 +198,10 @@ class AgentConfig(_Strict):
     outbox: OutboxConfig = OutboxConfig()
     updates: UpdatesConfig = UpdatesConfig()
 
-    _agent = field_validator("agent_id")(classmethod(lambda cls, v: _check_id(v)))
+    @field_validator("agent_id")
+    @classmethod
+    def _agent(cls, v: str) -> str:
+        return _check_id(v)
 
     @field_validator("groups")
     @classmethod

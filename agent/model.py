@@ -9,7 +9,6 @@ message says what is wrong, and nothing half-loaded is ever returned.
 
 from __future__ import annotations
 
-import json
 import logging
 import tomllib
 from dataclasses import dataclass
@@ -111,7 +110,7 @@ def _dims_fit(actual: list, expected: list[int]) -> bool:
 
 
 class ModelRunner:
-    """One loaded, checked and warmed-up model version."""
+    """One loaded, checked and warmed-up model version; ``infer`` is for one thread at a time."""
 
     def __init__(self, session: ort.InferenceSession, card: ModelCard, path: Path, score_floor: float = 1.0) -> None:
         self.session = session
@@ -128,8 +127,10 @@ class ModelRunner:
             raise ModelError(f"{path.name} input {self.input_name} has shape {got}, the card says {want}")
         self.input_shape = want
         self.dtype = np.float32 if spec.dtype == "float32" else np.uint8
-        self._mean = np.array(spec.mean, np.float32)
-        self._std = np.array(spec.std, np.float32)
+        # (x * scale - mean) / std == x * gain - offset: two in-place passes, no temporaries
+        self._gain = (spec.scale / np.array(spec.std, np.float32)).astype(np.float32)
+        self._offset = (np.array(spec.mean, np.float32) / np.array(spec.std, np.float32)).astype(np.float32)
+        self._out = np.empty(want, self.dtype)
         threshold = card.output.score_threshold if card.task == "detection" else 0.0
         self.threshold = threshold
         self.floor = min(threshold, score_floor)  # keep candidates below the threshold for band strategies
@@ -194,7 +195,10 @@ class ModelRunner:
     # -- preprocessing -----------------------------------------------------
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
-        """BGR frame -> input tensor, and (scale, pad_x, pad_y) to map boxes back."""
+        """BGR frame -> input tensor, and (scale, pad_x, pad_y) to map boxes back.
+
+        The tensor is a buffer the next call overwrites: run it before preprocessing another frame.
+        """
         spec = self.card.input
         h, w = image.shape[:2]
         if spec.resize == "letterbox":
@@ -206,15 +210,24 @@ class ModelRunner:
             resized, geo = canvas, (scale, float(px), float(py))
         else:
             resized, geo = cv2.resize(image, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR), (0.0, 0.0, 0.0)
-        if spec.color == "RGB":
-            resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
-        if self.dtype == np.uint8:
-            tensor = resized
-        else:
-            tensor = (resized.astype(np.float32) * spec.scale - self._mean) / self._std
+        out = self._out[0]
         if spec.layout == "NCHW":
-            tensor = tensor.transpose(2, 0, 1)
-        return np.ascontiguousarray(tensor[None]), geo
+            # planes copied straight into the input buffer, colour order chosen by index: no temporaries
+            planes = cv2.split(resized)
+            for ch, src in enumerate((2, 1, 0) if spec.color == "RGB" else (0, 1, 2)):
+                out[ch] = planes[src]
+            if self.dtype == np.float32:
+                out *= self._gain[:, None, None]
+                out -= self._offset[:, None, None]
+        else:
+            if spec.color == "RGB":
+                resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+            if self.dtype == np.float32:
+                np.multiply(resized, self._gain, out=out)
+                out -= self._offset
+            else:
+                out[...] = resized
+        return self._out, geo
 
     # -- inference ---------------------------------------------------------
 
@@ -327,7 +340,3 @@ def to_frame_xyxy(boxes: np.ndarray, fmt: str, normalized: bool, in_w: int, in_h
     b[:, 2] = np.maximum(b[:, 2], b[:, 0])
     b[:, 3] = np.maximum(b[:, 3], b[:, 1])
     return b.astype(np.float32)
-
-
-def card_summary(card: ModelCard) -> str:
-    return json.dumps({"name": card.name, "version": card.version, "task": card.task, "labels": len(card.labels)})

@@ -99,6 +99,7 @@ class FrameHub:
         self._slots: dict[str, Frame | None] = {c: None for c in camera_ids}
         self._order = list(camera_ids)
         self._next = 0
+        self._taken = 0
         self.counters = counters
 
     def put(self, frame: Frame, live: bool, stop: threading.Event) -> bool:
@@ -114,7 +115,18 @@ class FrameHub:
             self._cond.notify_all()
             return True
 
+    def idle(self) -> bool:
+        """No frame waiting and none taken but not yet ``done()``."""
+        with self._cond:
+            return self._taken == 0 and all(f is None for f in self._slots.values())
+
+    def done(self) -> None:
+        """The consumer finished a frame it took."""
+        with self._cond:
+            self._taken -= 1
+
     def take(self, timeout: float) -> Frame | None:
+        """The next frame, round-robin over cameras; call ``done()`` when finished with it."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -123,6 +135,7 @@ class FrameHub:
                     frame = self._slots[cam]
                     if frame is not None:
                         self._slots[cam] = None
+                        self._taken += 1
                         self._next = (self._next + k + 1) % len(self._order)
                         self._cond.notify_all()
                         return frame

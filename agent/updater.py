@@ -1,0 +1,329 @@
+"""Model updates: verify, download, check, load, swap; rollback; start-up choice.
+
+An announcement is trusted only after each step passes, in this order:
+
+1. the Ed25519 signature over the manifest bytes matches a trusted key, and
+   the manifest has not expired;
+2. it names our model, a version higher than the one running and not blocked
+   by an earlier rollback, and its cohort includes this agent;
+3. its card parses and agrees with the manifest (name, version, task, labels);
+4. the download (http only when allowed) stops at the signed size and the
+   size cap, and its size and sha256 match the manifest, before any parsing;
+5. the file holds no external-data references (agent.onnxcheck);
+6. it loads from its own directory, warms up, and its shapes fit the card.
+
+Only then is state.json replaced (the commit point, see agent.modelstore) and
+the running model swapped under the holder's lock. Any failure leaves the
+running model untouched and is reported in the log and the Status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from protocol import Announcement, ProtocolError
+from protocol.manifest import Manifest, verify
+from protocol.modelcard import ModelCard, card_from_dict
+
+from .config import AgentConfig, trusted_keys
+from .model import ModelError, ModelRunner
+from .modelstore import ModelRef, ModelState, ModelStore
+from .onnxcheck import OnnxFormatError, external_data_tensors
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 16
+
+
+class UpdateRefused(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class ModelHolder:
+    """The running model; the inference loop reads it, updates swap it, both under one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.runner: ModelRunner | None = None
+        self.ref: ModelRef | None = None
+        self.model_state = "none"  # Status.MODEL_STATES
+        self.detail = ""
+
+    def get(self) -> ModelRunner | None:
+        with self.lock:
+            return self.runner
+
+    def swap(self, runner: ModelRunner, ref: ModelRef, state: str, detail: str) -> None:
+        with self.lock:
+            self.runner, self.ref = runner, ref
+            self.model_state, self.detail = state, detail
+
+    def report(self, state: str, detail: str) -> None:
+        with self.lock:
+            self.model_state, self.detail = state, detail
+
+
+class Updater:
+    def __init__(self, cfg: AgentConfig, store: ModelStore, holder: ModelHolder, on_change: Callable[[], None],
+                 score_floor: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.holder = holder
+        self.on_change = on_change
+        self.score_floor = score_floor
+        self.clock = clock
+        self.keys = trusted_keys(cfg.updates)
+        self._jobs: queue.Queue = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="updater", daemon=True)
+        self._lock = threading.Lock()  # one update or rollback at a time
+
+    # -- start-up --------------------------------------------------------------
+
+    def _load(self, ref: ModelRef) -> ModelRunner:
+        m = self.cfg.model
+        card = card_from_dict(ref.card, f"{ref.path} card") if ref.card else None
+        return ModelRunner.load(Path(ref.path), m.providers, card=card, card_file=None if card else m.card,
+                                intra=m.intra_op_threads, inter=m.inter_op_threads, score_floor=self.score_floor)
+
+    def load_initial(self) -> None:
+        """Run what state.json says, else its previous model, else the configured one."""
+        self.store.prepare()
+        state = self.store.load()
+        configured = ModelRef(-1, str(self.cfg.model.path))
+        errors = []
+        for ref in (state.current, state.previous, configured):
+            if ref is None:
+                continue
+            try:
+                runner = self._load(ref)
+            except (ModelError, ProtocolError) as e:
+                errors.append(str(e))
+                log.error("cannot run model %s: %s", ref.path, e)
+                continue
+            ref = replace(ref, version=runner.version) if ref.version < 0 else ref
+            detail = "" if not errors else f"fell back to {Path(ref.path).name} v{ref.version}: {errors[0]}"
+            self.holder.swap(runner, ref, "ok" if not errors else "reverted", detail)
+            log.info("running model %s v%d from %s", runner.name, ref.version, ref.path)
+            return
+        self.holder.report("failed", "; ".join(errors)[:1000])
+        log.error("no usable model: inference waits for a model update")
+
+    # -- thread ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        try:
+            self._jobs.put_nowait(None)
+        except queue.Full:
+            pass
+        self._thread.join(10)
+
+    def submit(self, announcement: Announcement) -> None:
+        try:
+            self._jobs.put_nowait(("announce", announcement))
+        except queue.Full:
+            log.warning("update queue full: announcement dropped (a retained one comes again on reconnect)")
+
+    def request_rollback(self) -> None:
+        try:
+            self._jobs.put_nowait(("rollback", None))
+        except queue.Full:
+            log.warning("update queue full: rollback dropped")
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            kind, arg = job
+            try:
+                self.apply(arg) if kind == "announce" else self.rollback()
+            except Exception:  # keep the updater alive whatever a bad announcement triggers
+                log.exception("model %s failed unexpectedly", kind)
+                self.holder.report("failed", f"{kind} failed unexpectedly; see the agent log")
+                self.on_change()
+
+    # -- update --------------------------------------------------------------------
+
+    def apply(self, ann: Announcement) -> bool:
+        """Process one announcement; True when the new model now runs."""
+        with self._lock:
+            try:
+                manifest = self._check_manifest(ann)
+            except UpdateRefused as e:
+                if e.reason in ("not_newer", "not_ours", "not_in_cohort", "blocked"):
+                    # quiet: a retained announcement comes back on every reconnect
+                    log.info("announcement ignored: %s", e.detail)
+                    return False
+                return self._refused(e, None)
+            try:
+                return self._install(ann, manifest)
+            except UpdateRefused as e:
+                return self._refused(e, manifest.version)
+
+    def _refused(self, e: UpdateRefused, version: int | None) -> bool:
+        running = self.holder.ref.version if self.holder.ref else 0
+        detail = f"refused model update{f' v{version}' if version else ''} ({e.reason}): {e.detail}; " \
+                 f"still running v{running}"
+        log.error("%s", detail)
+        self.holder.report("failed", detail[:1000])
+        self._remember(version or 0, "refused", detail)
+        self.on_change()
+        return False
+
+    def _check_manifest(self, ann: Announcement) -> Manifest:
+        try:
+            manifest = verify(ann.manifest, ann.signature, self.keys, now=self.clock())
+        except ProtocolError as e:
+            raise UpdateRefused(e.reason, e.detail or str(e)) from e
+        if manifest.name != self.cfg.model.name:
+            raise UpdateRefused("not_ours", f"model {manifest.name}, we run {self.cfg.model.name}")
+        running = self.holder.ref.version if self.holder.ref else 0
+        state = self.store.load()
+        if manifest.version in state.blocked:
+            raise UpdateRefused("blocked", f"v{manifest.version} was rolled back from on this agent")
+        if manifest.version == running:
+            raise UpdateRefused("not_newer", f"v{manifest.version} already runs")
+        if manifest.version < running:
+            raise UpdateRefused("downgrade", f"v{manifest.version} is older than the running v{running}")
+        if not manifest.cohort.includes(manifest.name, self.cfg.agent_id, tuple(self.cfg.groups)):
+            raise UpdateRefused("not_in_cohort", f"v{manifest.version} is for another cohort")
+        return manifest
+
+    def _card(self, manifest: Manifest) -> ModelCard:
+        try:
+            card = card_from_dict(manifest.card, "manifest card")
+        except ProtocolError as e:
+            raise UpdateRefused("bad_card", e.detail) from e
+        mismatch = [k for k, a, b in (("name", card.name, manifest.name), ("version", card.version, manifest.version),
+                                      ("task", card.task, manifest.task), ("labels", card.labels, manifest.labels))
+                    if a != b]
+        if mismatch:
+            raise UpdateRefused("bad_card", f"card and manifest disagree on {', '.join(mismatch)}")
+        return card
+
+    def _install(self, ann: Announcement, manifest: Manifest) -> bool:
+        card = self._card(manifest)
+        self.holder.report("updating", f"installing v{manifest.version}")
+        self.on_change()
+        part = self.store.incoming / f"v{manifest.version}.part"
+        try:
+            self._download(ann.url, manifest, part)
+            self._check_file(part)
+            path = self.store.install(manifest.version, part, manifest.card)
+        finally:
+            part.unlink(missing_ok=True)
+        try:
+            runner = ModelRunner.load(path, self.cfg.model.providers, card=card, intra=self.cfg.model.intra_op_threads,
+                                      inter=self.cfg.model.inter_op_threads, score_floor=self.score_floor)
+        except ModelError as e:
+            self.store.prune(self._keep(self.store.load()))
+            raise UpdateRefused("bad_model", str(e)) from e
+        new_ref = ModelRef(manifest.version, str(path), manifest.card)
+        old = self.holder.ref
+        state = self.store.load()
+        state = ModelState(new_ref, old, state.blocked, self._last(manifest.version, "installed", ""))
+        self.store.save(state)  # the commit point
+        self.holder.swap(runner, new_ref, "ok", f"updated to v{manifest.version}"
+                         + (f" from v{old.version}" if old else ""))
+        self.store.prune(self._keep(state))
+        log.info("model %s updated to v%d", manifest.name, manifest.version)
+        self.on_change()
+        return True
+
+    def _download(self, url: str, manifest: Manifest, dest: Path) -> None:
+        u = self.cfg.updates
+        if url.startswith("http://") and not u.allow_http:
+            raise UpdateRefused("insecure_url", f"{url} is plain http and updates.allow_http is false")
+        cap = min(manifest.size, u.max_download_bytes)
+        if manifest.size > u.max_download_bytes:
+            raise UpdateRefused("too_large", f"{manifest.size} bytes > updates.max_download_bytes")
+        try:
+            with urllib.request.urlopen(url, timeout=u.download_timeout_s) as resp:
+                length = resp.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) != manifest.size:
+                    raise UpdateRefused("size_mismatch", f"server offers {length} bytes, manifest says {manifest.size}")
+                n, digest = self._save(resp, dest, cap, manifest.size)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise UpdateRefused("download_failed", f"{url}: {e}") from e
+        if n != manifest.size:
+            raise UpdateRefused("size_mismatch", f"downloaded {n} bytes, manifest says {manifest.size}")
+        if digest != manifest.sha256:
+            raise UpdateRefused("sha256_mismatch", f"downloaded file's sha256 {digest[:16]}... does not match "
+                                                   f"the signed {manifest.sha256[:16]}...")
+
+    @staticmethod
+    def _save(resp, dest: Path, cap: int, size: int) -> tuple[int, str]:
+        """Stream the body to ``dest`` (unbuffered, fsynced); return (bytes, sha256 hex); stop past ``cap``."""
+        h, n = hashlib.sha256(), 0
+        with open(dest, "wb", buffering=0) as fh:
+            while block := resp.read1(CHUNK):  # what has arrived, not a full chunk
+                n += len(block)
+                if n > cap:
+                    raise UpdateRefused("size_mismatch", f"download exceeds the signed size {size}")
+                h.update(block)
+                fh.write(block)
+            os.fsync(fh.fileno())
+        return n, h.hexdigest()
+
+    @staticmethod
+    def _check_file(path: Path) -> None:
+        try:
+            refs = external_data_tensors(path.read_bytes())
+        except OnnxFormatError as e:
+            raise UpdateRefused("bad_model", f"not an ONNX model: {e}") from e
+        if refs:
+            raise UpdateRefused("external_data", f"{len(refs)} tensor(s) reference external data files "
+                                                 f"(e.g. {refs[0]}); models must be one self-contained file")
+
+    # -- rollback ------------------------------------------------------------------
+
+    def rollback(self) -> bool:
+        """Run the previous model again and block the current version from coming back."""
+        with self._lock:
+            state = self.store.load()
+            current = self.holder.ref
+            if state.previous is None or current is None:
+                self.holder.report("failed", "rollback refused: no previous model on disk")
+                log.error("rollback refused: no previous model on disk")
+                self.on_change()
+                return False
+            try:
+                runner = self._load(state.previous)
+            except (ModelError, ProtocolError) as e:
+                self.holder.report("failed", f"rollback failed: {e}"[:1000])
+                log.error("rollback failed: %s", e)
+                self.on_change()
+                return False
+            blocked = tuple(sorted(set(state.blocked) | {current.version}))
+            new_state = ModelState(state.previous, current, blocked,
+                                   self._last(state.previous.version, "rolled_back", f"from v{current.version}"))
+            self.store.save(new_state)
+            self.holder.swap(runner, state.previous, "reverted",
+                             f"rolled back from v{current.version} to v{state.previous.version}")
+            log.warning("rolled back from v%d to v%d", current.version, state.previous.version)
+            self.on_change()
+            return True
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _last(self, version: int, result: str, detail: str) -> dict:
+        return {"version": version, "result": result, "detail": detail, "at": self.clock()}
+
+    def _remember(self, version: int, result: str, detail: str) -> None:
+        state = self.store.load()
+        self.store.save(replace(state, last=self._last(version, result, detail[:500])))
+
+    def _keep(self, state: ModelState) -> set[int]:
+        return {r.version for r in (state.current, state.previous) if r is not None}
