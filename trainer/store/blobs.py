@@ -1,9 +1,16 @@
-"""Content-addressed image files: ``blobs/ab/<sha256>.<ext>``.
+"""Image bytes: content-addressed rows in SQLite, and a file cache for code that wants paths.
 
-Files are written tmp + fsync + rename before the database row that names
-them is committed, so a committed row always points at a complete file. A
-crash in between leaves at most an unreferenced file, which is harmless and
-is reused by the next write of the same bytes.
+Why SQLite and not one file per image: a durable file costs an fsync each,
+a batch of rows costs one fsync for the whole commit. Measured on the shared
+2-core box (``edgeloop bench ingest``, ``storage_compare``: 20 KB images,
+100 per batch, same disk, same run): 125-1,030 fsynced files/s against
+1,900-10,700 rows/s, 10-25 times more. It also makes an image and its
+metadata one atomic commit, and a backup one file.
+
+The trainer and the exporters need paths, so ``ImageCache`` writes each
+image once under ``cache/ab/<sha256>.<ext>``. The cache is not a source of
+truth: a file with the wrong size is rewritten, and the folder can be
+deleted at any time.
 """
 
 from __future__ import annotations
@@ -11,10 +18,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png"}
+EXT_OF = {v: k for k, v in MEDIA_TYPES.items()}
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def sniff_ext(data: bytes) -> str | None:
@@ -25,41 +39,27 @@ def sniff_ext(data: bytes) -> str | None:
     return None
 
 
-class BlobStore:
+class ImageCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, sha: str, ext: str) -> Path:
         if not _SHA_RE.match(sha) or ext not in MEDIA_TYPES:
             raise ValueError(f"not a blob key: {sha!r}.{ext!r}")
         return self.root / sha[:2] / f"{sha}.{ext}"
 
-    def put(self, data: bytes, ext: str) -> str:
-        return self.put_many([(data, ext)])[0]
-
-    def put_many(self, items: list[tuple[bytes, str]]) -> list[str]:
-        """Store each (bytes, ext) durably; return their sha256 hex digests."""
-        shas, dirs = [], set()
-        for data, ext in items:
-            sha = hashlib.sha256(data).hexdigest()
-            shas.append(sha)
-            final = self.path(sha, ext)
-            if final.exists() and final.stat().st_size == len(data):
-                continue
-            final.parent.mkdir(exist_ok=True)
-            tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            dirs.add(final.parent)
-        # The renames are durable only once their directories are synced.
-        for d in dirs:
-            fd = os.open(d, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return shas
+    def materialize(self, sha: str, ext: str, size: int, fetch: Callable[[], bytes]) -> Path:
+        """The cached file of this blob, written from ``fetch()`` when missing or incomplete."""
+        final = self.path(sha, ext)
+        try:
+            if final.stat().st_size == size:
+                return final
+        except FileNotFoundError:
+            pass
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # A unique temporary name: two threads materializing the same blob must not share one.
+        fd, tmp = tempfile.mkstemp(prefix=f".{sha[:16]}.", suffix=".tmp", dir=final.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(fetch())
+        os.replace(tmp, final)
+        return final

@@ -23,6 +23,7 @@ import sqlite_utils
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 GROUP_MAX = 64  # tasks per group commit: bounds how long one transaction holds the WAL
+CHECKPOINT_EVERY_S = 0.5
 
 
 def connect(path: Path, *, busy_timeout_ms: int, synchronous: str = "FULL") -> sqlite_utils.Database:
@@ -54,9 +55,16 @@ class Database:
         self._writer_db = connect(self.path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous)
         if migrate is not None:
             migrate(self._writer_db)
+        # Checkpoints (copying the WAL into the database file) run on their own connection and thread, so
+        # a commit never waits for one; WAL appends and a passive checkpoint proceed side by side.
+        self._writer_db.execute("PRAGMA wal_autocheckpoint = 0")
         self._closed = False
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sqlite-writer:{self.path.name}", daemon=True)
         self._thread.start()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name=f"sqlite-checkpoint:{self.path.name}",
+                                              daemon=True)
+        self._checkpointer.start()
 
     # -- writes -------------------------------------------------------------
     def write_async(self, fn: Callable[[sqlite_utils.Database], T]) -> "Future[T]":
@@ -123,6 +131,17 @@ class Database:
             else:
                 fut.set_result(value)
 
+    def _checkpoint_loop(self) -> None:
+        db = connect(self.path, busy_timeout_ms=self._busy)
+        try:
+            while not self._stopping.wait(CHECKPOINT_EVERY_S):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.OperationalError as e:  # busy with a long reader: try again next time
+                    log.debug("checkpoint skipped: %s", e)
+        finally:
+            db.conn.close()
+
     # -- reads --------------------------------------------------------------
     def read(self) -> sqlite_utils.Database:
         """This thread's reader connection (a WAL snapshot per statement/transaction)."""
@@ -138,8 +157,10 @@ class Database:
         if self._closed:
             return
         self._closed = True
+        self._stopping.set()
         self._queue.put(None)
         self._thread.join(30)
+        self._checkpointer.join(30)
         with self._readers_lock:
             for db in self._readers:
                 try:

@@ -113,5 +113,12 @@ _INITIAL = (
 )
 
 
+@migrations(name="0002_image_blobs")
+def _image_blobs(db: sqlite_utils.Database) -> None:
+    # Image bytes moved from fsynced files into the database: one fsync per ingest batch instead of
+    # one per image (trainer/store/blobs.py has the measurements).
+    db.execute("CREATE TABLE blobs (sha TEXT PRIMARY KEY, size INTEGER NOT NULL, data BLOB NOT NULL)")
+
+
 def migrate(db: sqlite_utils.Database) -> None:
     migrations.apply(db)

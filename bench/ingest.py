@@ -1,0 +1,226 @@
+"""Durable ingest throughput vs a bare paho subscriber on the same broker.
+
+Project: frames published QoS 1 -> collector (decode, fsynced image files,
+one SQLite commit per batch) -> receipt back to the publisher; the clock
+stops when the publisher holds a receipt for every frame. Baseline: a paho
+subscriber that only counts the same messages. The publisher runs in its own
+process in both cases, so the two measurements differ only in what receives.
+Zero loss is checked (every frame stored once, bytes intact). It also times
+the two durable image stores considered (fsynced files vs SQLite BLOBs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing as mp
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import paho.mqtt.client as mqtt
+
+import protocol
+from edgeloop.broker import LocalBroker
+from protocol import Sample, topics
+
+AGENT = "bench-agent"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", type=int, default=2000)
+    parser.add_argument("--kb", type=int, default=20, help="approximate JPEG size")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs of each; medians are reported")
+    parser.add_argument("--batch-max", type=int, default=200)
+    parser.add_argument("--batch-ms", type=float, default=50.0)
+    parser.add_argument("--max-inflight", type=int, default=None,
+                        help="broker max_inflight_messages (LocalBroker's default is 100; deploy/ uses 20)")
+
+
+def _frames(n: int, kb: int, seed: int = 0) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    side = int((kb * 1024 / 0.85) ** 0.5)  # noise at q85 is about 0.85 bytes per pixel
+    base = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+    out = []
+    for i in range(n):
+        img = base.copy()
+        img[i % side, :, :] = rng.integers(0, 255, (side, 3), dtype=np.uint8)  # every frame distinct
+        jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+        out.append(Sample(agent_id=AGENT, camera_id="cam", frame_id=f"{AGENT}.cam.{i:07d}", captured_at=time.time(),
+                          model_name="bench", model_version=1, task="classification", labels=("a", "b"),
+                          scores=(0.5, 0.5), boxes=(), uncertainty=0.5, strategy="margin", reason="bench",
+                          width=side, height=side, jpeg=jpeg))
+    return out
+
+
+def _publisher(host: str, port: int, payloads: list[tuple[str, bytes]], want_receipts: bool, out) -> None:
+    """Child process: publish everything QoS 1; report (t0, t_end) where t_end is the last receipt (or None)."""
+    got: set[str] = set()
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-publisher")
+
+    def on_receipt(c, u, msg) -> None:
+        got.update(protocol.decode(msg.topic, msg.payload).stored)
+        if len(got) >= len(payloads):
+            done.set()
+    subscribed = threading.Event()
+    client.on_message = on_receipt
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect(host, port)
+    client.loop_start()
+    if want_receipts:
+        client.subscribe(topics.receipt_topic(AGENT), qos=1)
+        subscribed.wait(10)
+    t0 = time.monotonic()
+    infos = [client.publish(t, p, qos=1) for t, p in payloads]
+    for info in infos:
+        info.wait_for_publish(120)
+    t_end = None
+    if want_receipts:
+        done.wait(300)
+        t_end = time.monotonic() if done.is_set() else None
+    client.loop_stop()
+    client.disconnect()
+    out.put((t0, t_end, len(got)))
+
+
+def _baseline(broker: LocalBroker, payloads: list[tuple[str, bytes]]) -> dict:
+    count, last = [0], [0.0]
+    done = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare")
+
+    def on_message(c, u, msg) -> None:
+        count[0] += 1
+        if count[0] >= len(payloads):
+            last[0] = time.monotonic()
+            done.set()
+    subscribed = threading.Event()
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    sub.subscribe(topics.SAMPLES_FILTER, qos=1)
+    subscribed.wait(10)
+    t0, _, _ = _run_publisher(broker, payloads, want_receipts=False)
+    done.wait(300)
+    sub.loop_stop()
+    sub.disconnect()
+    seconds = last[0] - t0
+    return {"received": count[0], "seconds": round(seconds, 3), "frames_per_s": round(len(payloads) / seconds, 1)}
+
+
+def _run_publisher(broker: LocalBroker, payloads, want_receipts: bool):
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_publisher, args=(broker.host, broker.port, payloads, want_receipts, out))
+    proc.start()
+    result = out.get(timeout=600)
+    proc.join(30)
+    return result
+
+
+def _project(broker: LocalBroker, frames: list[Sample], payloads, workdir: Path, args) -> dict:
+    from trainer.server.config import ServerConfig
+    from trainer.server.service import Service
+
+    config = ServerConfig.model_validate({
+        "mqtt": {"host": broker.host, "port": broker.port, "batch_max": args.batch_max, "batch_ms": args.batch_ms},
+        "http": {"enabled": False}, "store": {"data_dir": str(workdir)}})
+    svc = Service(config).start()
+    try:
+        if not svc.collector.connected.wait(10):
+            raise RuntimeError("collector did not connect")
+        time.sleep(0.3)  # subscription acknowledged
+        t0, t_end, receipted = _run_publisher(broker, payloads, want_receipts=True)
+        store = svc.store
+        expected = {f.frame_id: hashlib.sha256(f.jpeg).hexdigest() for f in frames}
+        stored = store.sample_blobs()
+        lost = len(set(expected) - set(stored))
+        intact = stored == expected
+        batches = svc.metrics.get("ingest_batches")
+        stages = {k: round(svc.metrics.get(k), 3) for k in ("ingest_prepare_seconds", "ingest_commit_seconds")}
+    finally:
+        svc.stop()
+    seconds = (t_end - t0) if t_end else float("nan")
+    return {"stored": len(stored), "receipted": receipted, "lost": lost, "bytes_intact": intact,
+            "seconds": round(seconds, 3), "frames_per_s": round(len(frames) / seconds, 1),
+            "batches": int(batches), "frames_per_batch": round(len(frames) / max(batches, 1), 1), **stages}
+
+
+def _files_fsynced(datas: list[bytes], root: Path, batch: int) -> float:
+    """The alternative design: one file per image, tmp + fsync + rename, directory fsync per batch."""
+    root.mkdir()
+    t = time.perf_counter()
+    for start in range(0, len(datas), batch):
+        for data in datas[start:start + batch]:
+            final = root / hashlib.sha256(data).hexdigest()
+            tmp = final.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        fd = os.open(root, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    return len(datas) / (time.perf_counter() - t)
+
+
+def _sqlite_blobs(datas: list[bytes], path: Path, batch: int) -> float:
+    """What the store does: BLOB rows, one WAL commit (synchronous=FULL) per batch."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE b (sha TEXT PRIMARY KEY, size INTEGER, data BLOB)")
+    t = time.perf_counter()
+    for start in range(0, len(datas), batch):
+        conn.execute("BEGIN")
+        conn.executemany("INSERT OR IGNORE INTO b VALUES (?, ?, ?)",
+                         [(hashlib.sha256(d).hexdigest(), len(d), d) for d in datas[start:start + batch]])
+        conn.execute("COMMIT")
+    rate = len(datas) / (time.perf_counter() - t)
+    conn.close()
+    return rate
+
+
+def _storage(frames: list[Sample], workdir: Path, batch: int = 100) -> dict:
+    """Durable write rate of the two image stores considered, on the same disk in the same run."""
+    datas = [f.jpeg for f in frames]
+    return {"files_fsync_frames_per_s": round(_files_fsynced(datas, workdir / "cmp-files", batch), 1),
+            "sqlite_blob_frames_per_s": round(_sqlite_blobs(datas, workdir / "cmp.db", batch), 1),
+            "batch": batch}
+
+
+def run(args: argparse.Namespace) -> dict:
+    frames = _frames(args.frames, args.kb)
+    payloads = [(protocol.topic_for(f), protocol.encode(f)) for f in frames]
+    with tempfile.TemporaryDirectory(prefix="edgeloop-bench-ingest-") as tmp:
+        workdir = Path(tmp)
+        extra = f"max_inflight_messages {args.max_inflight}" if args.max_inflight else ""
+        baselines, projects = [], []
+        with LocalBroker(workdir / "broker", extra_conf=extra) as broker:
+            # Alternating runs, medians reported: on a shared machine one run of each is mostly noise.
+            for r in range(args.repeat):
+                baselines.append(_baseline(broker, payloads))
+                projects.append(_project(broker, frames, payloads, workdir / f"data-{r}", args))
+            kind = broker.kind
+        storage = _storage(frames[: min(len(frames), 1000)], workdir)
+    project = sorted(projects, key=lambda p: p["frames_per_s"])[len(projects) // 2]
+    baseline = sorted(baselines, key=lambda b: b["frames_per_s"])[len(baselines) // 2]
+    result = {
+        "repeat": args.repeat,
+        "project_runs_frames_per_s": [p["frames_per_s"] for p in projects],
+        "baseline_runs_frames_per_s": [b["frames_per_s"] for b in baselines],
+        "frames": len(frames), "payload_bytes_avg": round(sum(len(p) for _, p in payloads) / len(payloads)),
+        "broker": kind, "broker_max_inflight": args.max_inflight or 100, "project": project, "baseline": baseline,
+        "ratio": round(project["frames_per_s"] / baseline["frames_per_s"], 3),
+        "zero_loss": all(p["lost"] == 0 and p["bytes_intact"] and p["stored"] == len(frames) for p in projects)
+        and all(b["received"] == len(frames) for b in baselines),
+        "storage_compare": storage,
+    }
+    return result

@@ -1,0 +1,103 @@
+"""Moving datasets between the formats and the store."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from PIL import Image
+
+from trainer.dataset import Example
+from trainer.store import BadImage, Store, new_example
+from trainer.store.blobs import sniff_ext
+
+from .common import FormatError, ReadReport
+from .coco import read_coco, write_coco
+from .imagefolder import read_imagefolder, write_imagefolder
+from .voc import read_voc, write_voc
+from .yolo import read_yolo, write_yolo
+
+log = logging.getLogger(__name__)
+FORMATS = ("imagefolder", "coco", "yolo", "voc")
+TASK_OF = {"imagefolder": "classification", "coco": "detection", "yolo": "detection", "voc": "detection"}
+CHUNK = 200
+
+
+def read_dataset(fmt: str, path: str | Path, images_dir: str | Path | None = None,
+                 report: ReadReport | None = None) -> list[Example]:
+    """Read any supported format (``path`` is the COCO JSON file for coco)."""
+    if fmt == "imagefolder":
+        return read_imagefolder(path, report)
+    if fmt == "voc":
+        return read_voc(path, report)
+    if fmt == "yolo":
+        return read_yolo(path, report)
+    if fmt == "coco":
+        return read_coco(path, images_dir, report)
+    raise FormatError(f"unknown format {fmt!r}; one of {FORMATS}")
+
+
+def _image_bytes(path: Path) -> bytes:
+    """JPEG and PNG are kept byte for byte; anything else (BMP, WebP, GIF) is stored as PNG."""
+    data = path.read_bytes()
+    if sniff_ext(data) is not None:
+        return data
+    with Image.open(io.BytesIO(data)) as im:
+        buf = io.BytesIO()
+        im.save(buf, "PNG")
+        return buf.getvalue()
+
+
+def import_examples(store: Store, examples: list[Example], *, fmt: str, task: str,
+                    report: ReadReport | None = None) -> int:
+    """Add examples to the store in chunks; re-importing the same files adds nothing."""
+    report = report if report is not None else ReadReport()
+    labels = sorted({e.label for e in examples if e.label} | {b.label for e in examples for b in e.boxes})
+    added = 0
+    for start in range(0, len(examples), CHUNK):
+        rows = []
+        for e in examples[start:start + CHUNK]:
+            try:
+                rows.append(new_example(_image_bytes(Path(e.image_path)), label=e.label, boxes=e.boxes, split=e.split, source=e.source,
+                                        status="labeled", origin=f"{fmt}:{e.id}", round_added=e.round_added))
+            except (OSError, BadImage, ValueError, Image.DecompressionBombError) as err:
+                report.skip(e.image_path, f"corrupt image: {err}")
+        added += store.add_examples(rows, task=task, labels=labels)
+    return added
+
+
+def export_examples(examples: Iterable[Example], fmt: str, out: str | Path, labels: Iterable[str] = ()) -> int:
+    """Write a dataset directory atomically: built beside ``out``, renamed into place when complete."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FormatError(f"{out} exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if fmt == "imagefolder":
+            n = write_imagefolder(examples, tmp)
+        elif fmt == "coco":
+            n = write_coco(examples, tmp, labels)
+        elif fmt == "yolo":
+            n = write_yolo(examples, tmp, labels)
+        elif fmt == "voc":
+            n = write_voc(examples, tmp)
+        else:
+            raise FormatError(f"unknown format {fmt!r}; one of {FORMATS}")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return n
+
+
+def export_store(store: Store, fmt: str, out: str | Path, split: str | None = None) -> int:
+    """Export the store's labelled examples."""
+    return export_examples(store.iter_examples(split=split), fmt, out, store.project().labels)

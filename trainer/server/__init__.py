@@ -1,0 +1,1 @@
+"""The central server: MQTT collector, error queue, REST API and review UI."""

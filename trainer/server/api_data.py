@@ -1,0 +1,79 @@
+"""Dataset import and export over the API (the CLI ``edgeloop dataset`` does the same offline)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainer.data.common import FormatError, ReadReport
+from trainer.data.store_io import TASK_OF, export_store, import_examples, read_dataset
+from trainer.store import StoreError
+
+from .api import ERRORS, StoreDep, User
+from .schemas import ErrorOut
+
+router = APIRouter(prefix="/api", responses=ERRORS)
+Format = Literal["imagefolder", "coco", "yolo", "voc"]
+
+
+class ImportIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Format
+    path: str = Field(min_length=1, max_length=1024, description="relative to the server's import_root")
+    images: str | None = Field(None, max_length=1024, description="coco: images folder, relative to import_root")
+
+
+class ImportOut(BaseModel):
+    read: int
+    added: int
+    skipped: list[list[str]]
+
+
+def _under(root: Path, relative: str) -> Path:
+    """``relative`` resolved inside ``root``; anything escaping it (.., symlinks, absolute) is refused."""
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise HTTPException(403, "path is outside the import root")
+    if not target.exists():
+        raise HTTPException(404, "no such path under the import root")
+    return target
+
+
+@router.post("/import", response_model=ImportOut, summary="import a dataset found under the server's import_root",
+             responses={403: {"model": ErrorOut}, 404: {"model": ErrorOut, "description": "import disabled or no path"},
+                        422: {"model": ErrorOut, "description": "unreadable dataset"}})
+def post_import(body: ImportIn, user: User, store: StoreDep, request: Request) -> ImportOut:
+    root = request.app.state.service.config.import_root
+    if root is None:
+        raise HTTPException(404, "import over the API is disabled (set import_root in the server config)")
+    path = _under(root, body.path)
+    images = _under(root, body.images) if body.images else None
+    report = ReadReport()
+    try:
+        examples = read_dataset(body.format, path, images, report)
+        added = import_examples(store, examples, fmt=body.format, task=TASK_OF[body.format], report=report)
+    except (FormatError, StoreError) as e:
+        raise HTTPException(422, str(e)) from e
+    return ImportOut(read=report.read, added=added, skipped=[list(s) for s in report.skipped[:1000]])
+
+
+@router.get("/export", response_class=FileResponse, summary="the labelled dataset as a zip",
+            responses={200: {"content": {"application/zip": {}}},
+                       422: {"model": ErrorOut, "description": "format does not fit the task"}})
+def get_export(user: User, store: StoreDep, background: BackgroundTasks, format: Annotated[Format, Query()],
+               split: Annotated[Literal["train", "val", "test"] | None, Query()] = None) -> FileResponse:
+    work = Path(tempfile.mkdtemp(prefix="edgeloop-export-"))
+    background.add_task(shutil.rmtree, work, True)
+    try:
+        export_store(store, format, work / "dataset", split)
+    except (FormatError, StoreError) as e:
+        shutil.rmtree(work, True)
+        raise HTTPException(422, str(e)) from e
+    archive = shutil.make_archive(str(work / "dataset"), "zip", work / "dataset")
+    return FileResponse(archive, media_type="application/zip", filename=f"edgeloop-{format}.zip")

@@ -1,0 +1,113 @@
+"""create_app(config): the FastAPI application; its lifespan owns the store and the MQTT collector."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import api, api_data
+from .auth import Auth, require_user
+from .config import ServerConfig, resolve_token
+from .service import Service
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes (413), declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await _too_large(send, self.limit)
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge()
+            return message
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(send, self.limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = f'{{"detail":"request body over {limit} bytes"}}'.encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _docs_behind_login(app: FastAPI) -> None:
+    """/openapi.json and /docs, for logged-in users only like everything else."""
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(user: str = Depends(require_user)) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(user: str = Depends(require_user)):
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="edgeloop API")
+
+
+def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
+    """The app; ``token`` defaults to config/env (a generated one is logged)."""
+    if token is None:
+        token, generated = resolve_token(config)
+        if generated:
+            log.warning("no token configured; generated one for this run: %s", token)
+    service = Service(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(title="edgeloop server", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None,
+                  description="Error queue, labelling, dataset and fleet API of the edgeloop collector. "
+                              "Authenticate with `Authorization: Bearer <token>` or a session from "
+                              "`POST /api/login` (then send `X-CSRF-Token` on writes).")
+    app.state.service = service
+    app.state.auth = Auth(token, config.http)
+    app.include_router(api.router)
+    app.include_router(api_data.router)
+    app.include_router(api.public)
+    _docs_behind_login(app)
+    try:
+        pages = importlib.import_module("trainer.server.pages")
+    except ModuleNotFoundError as e:
+        if e.name != "trainer.server.pages":
+            raise
+    else:
+        app.include_router(pages.router)
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, limit=config.http.max_body_bytes)
+    return app

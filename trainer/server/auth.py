@@ -1,0 +1,134 @@
+"""Authentication: a bearer token, or a session cookie from POST /api/login.
+
+Cookie-authenticated requests that change state must carry ``X-CSRF-Token``
+equal to the session's token (a cross-site form cannot read it); bearer
+requests are exempt because browsers never attach them on their own.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from protocol.topics import ID_RE
+
+from .config import HttpConfig
+
+COOKIE = "edgeloop_session"
+CSRF_HEADER = "X-CSRF-Token"
+USER_HEADER = "X-User"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+MAX_SESSIONS = 10_000
+MAX_TRACKED_CLIENTS = 10_000
+
+
+@dataclass(frozen=True)
+class Session:
+    user: str
+    csrf: str
+    expires: float
+
+
+class RateLimited(Exception):
+    pass
+
+
+class Auth:
+    """The token, the live sessions and the login failure windows (all in memory)."""
+
+    def __init__(self, token: str, cfg: HttpConfig) -> None:
+        self._token = token.encode()
+        self.cfg = cfg
+        self._sessions: dict[str, Session] = {}
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def token_ok(self, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self._token)
+
+    def login(self, client: str, token: str, user: str, now: float | None = None) -> tuple[str, Session] | None:
+        """A new session id and session, None for a wrong token; RateLimited when blocked."""
+        now = time.time() if now is None else now
+        with self._lock:
+            if len(self._failures) > MAX_TRACKED_CLIENTS:  # many addresses: forget the quiet ones
+                cutoff = now - self.cfg.login_window_s
+                self._failures = {c: w for c, w in self._failures.items() if w and w[-1] >= cutoff}
+            window = self._failures.setdefault(client, deque())
+            while window and window[0] < now - self.cfg.login_window_s:
+                window.popleft()
+            if len(window) >= self.cfg.login_max_failures:
+                raise RateLimited(client)
+            if not self.token_ok(token):
+                window.append(now)
+                return None
+            self._failures.pop(client, None)
+            self._expire(now)
+            sid = secrets.token_urlsafe(32)
+            session = Session(user, secrets.token_urlsafe(32), now + self.cfg.session_ttl_s)
+            self._sessions[sid] = session
+            return sid, session
+
+    def _expire(self, now: float) -> None:
+        for sid in [s for s, v in self._sessions.items() if v.expires < now]:
+            del self._sessions[sid]
+        while len(self._sessions) >= MAX_SESSIONS:  # oldest first: dicts keep insertion order
+            del self._sessions[next(iter(self._sessions))]
+
+    def session(self, sid: str | None) -> Session | None:
+        if not sid:
+            return None
+        with self._lock:
+            s = self._sessions.get(sid)
+            if s is None or s.expires < time.time():
+                return None
+            return s
+
+    def logout(self, sid: str | None) -> None:
+        with self._lock:
+            self._sessions.pop(sid or "", None)
+
+
+bearer = HTTPBearer(auto_error=False, description="the server token (config http.token or $EDGELOOP_SERVER_TOKEN)")
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(401, "authentication required: Bearer token or a session from POST /api/login",
+                         headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_user(request: Request,
+                 credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+    """FastAPI dependency: the caller's user name, or 401 (403 for a missing CSRF token)."""
+    auth: Auth = request.app.state.auth
+    if credentials is not None:
+        if credentials.scheme.lower() != "bearer" or not auth.token_ok(credentials.credentials):
+            raise _unauthorized()
+        user = request.headers.get(USER_HEADER, "api")
+        return user if ID_RE.match(user) else "api"
+    session = auth.session(request.cookies.get(COOKIE))
+    if session is None:
+        raise _unauthorized()
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+            raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header")
+    return session.user
+
+
+def csrf_token(request: Request) -> str:
+    """The CSRF token of the request's session ("" for bearer requests): put it in a meta tag."""
+    session = request.app.state.auth.session(request.cookies.get(COOKIE))
+    return session.csrf if session else ""
+
+
+def current_user(request: Request) -> str | None:
+    """The session's user without raising (pages use it to redirect to the login page)."""
+    session = request.app.state.auth.session(request.cookies.get(COOKIE))
+    return session.user if session else None

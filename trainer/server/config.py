@@ -1,0 +1,116 @@
+"""The server's configuration: pydantic models (unknown keys are errors) loaded from TOML."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+TOKEN_ENV = "EDGELOOP_SERVER_TOKEN"
+MQTT_PASSWORD_ENV = "EDGELOOP_MQTT_PASSWORD"
+PLACEHOLDERS = {"", "changeme", "change-me", "change_me", "secret", "token", "password", "<token>", "xxx",
+                "replace-me", "todo"}
+MIN_TOKEN_LEN = 16
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str = Field("edgeloop-collector", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    # MQTT 5 shared subscription group: several collectors with the same group
+    # split the sample load. None = a plain subscription.
+    shared_group: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    session_expiry_s: int = Field(7 * 86400, ge=0, le=2**32 - 1)
+    batch_max: int = Field(200, ge=1, le=1024)
+    batch_ms: float = Field(50.0, ge=1.0, le=5000.0)
+    receipt_qos: int = Field(1, ge=0, le=2)
+
+
+class HttpConfig(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: SecretStr | None = None  # or $EDGELOOP_SERVER_TOKEN; generated when neither is set
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=1024**3)
+    login_max_failures: int = Field(5, ge=1, le=1000)
+    login_window_s: float = Field(60.0, gt=0, le=86400)
+    session_ttl_s: float = Field(12 * 3600, gt=0, le=30 * 86400)
+    cookie_secure: bool = False  # set true behind HTTPS
+    metrics_public: bool = False  # /metrics without auth (for a scraper on a private network)
+
+
+class StoreConfig(_Strict):
+    data_dir: Path = Path("./edgeloop-data")
+    busy_timeout_ms: int = Field(10_000, ge=100, le=600_000)
+
+
+class ProjectConfig(_Strict):
+    name: str = Field("default", min_length=1, max_length=128)
+    task: Literal["classification", "detection"] | None = None
+    labels: tuple[str, ...] = ()
+    batch_size: int = Field(40, ge=30, le=50)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v) or any(not x or len(x) > 64 for x in v):
+            raise ValueError("labels must be unique non-empty names of at most 64 characters")
+        return v
+
+
+class ServerConfig(_Strict):
+    mqtt: MqttConfig = MqttConfig()
+    http: HttpConfig = HttpConfig()
+    store: StoreConfig = StoreConfig()
+    project: ProjectConfig = ProjectConfig()
+    import_root: Path | None = None  # POST /api/import reads only below this directory
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names each bad key."""
+
+
+def format_errors(err: ValidationError) -> str:
+    return "\n".join(f"  {'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors())
+
+
+def load_config(path: Path | None) -> ServerConfig:
+    if path is None:
+        return ServerConfig()
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from e
+    try:
+        return ServerConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: invalid configuration\n{format_errors(e)}") from e
+
+
+def resolve_token(config: ServerConfig, env: dict[str, str] | None = None) -> tuple[str, bool]:
+    """The API token and whether it was generated; refuses placeholders."""
+    env = os.environ if env is None else env
+    token = env.get(TOKEN_ENV) or (config.http.token.get_secret_value() if config.http.token else None)
+    if token is None:
+        return secrets.token_urlsafe(24), True
+    if token.strip().lower() in PLACEHOLDERS or len(token) < MIN_TOKEN_LEN:
+        raise ConfigError(f"http.token (or ${TOKEN_ENV}) is a placeholder or shorter than {MIN_TOKEN_LEN} "
+                          "characters; set a real secret")
+    return token, False

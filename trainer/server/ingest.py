@@ -1,0 +1,289 @@
+"""The collector: MQTT in, durable store, receipts out, then MQTT acks.
+
+Order per batch: decode -> one SQLite commit (images and metadata) ->
+receipts published -> PUBACKs sent. The broker keeps every message we have
+not acknowledged (persistent session, fixed client id), so a collector
+killed at any point gets them again on reconnect; frame_id dedup makes the
+second copy harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+import protocol
+from protocol import envelope, topics
+from protocol.messages import MAX_IDS_PER_RECEIPT
+from trainer.store import DeadLetter, IncomingSample, Store, incoming
+
+from .config import MqttConfig
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+PIPELINE_DEPTH = 2  # batches committing while the next is decoded
+UNSUPPORTED_PROTOCOL_VERSION = 0x84  # MQTT 5 CONNACK reason code
+
+
+@dataclass(frozen=True)
+class Raw:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+
+@dataclass
+class _Batch:
+    samples: dict  # frame_id -> (Sample, list of Raw)
+    fleet_status: list
+    fleet_telemetry: list
+    dead: list  # DeadLetter
+    rejected: dict  # agent_id -> [(frame_id, reason)]
+    acks: list  # Raw
+
+
+def probe_mqtt5(cfg: MqttConfig, timeout: float = 3.0) -> bool:
+    """Whether the broker speaks MQTT 5 (amqtt, for one, does not)."""
+    result: list = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+    client.on_connect = lambda c, u, f, rc, p: result.append(rc)
+    try:
+        client.connect(cfg.host, cfg.port, keepalive=10)
+        deadline = time.monotonic() + timeout
+        while not result and time.monotonic() < deadline:
+            if client.loop(0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break
+        client.disconnect()
+    except (OSError, ValueError):
+        return True  # unreachable now: assume a modern broker and let paho keep retrying
+    if not result:
+        return False  # the broker hung up on an MQTT 5 CONNECT
+    # Refused for another reason (credentials): it does speak 5; the real client will report the refusal.
+    return getattr(result[0], "value", result[0]) != UNSUPPORTED_PROTOCOL_VERSION
+
+
+def _rejected_frame(topic: str, payload: bytes) -> tuple[str, str] | None:
+    """(agent_id, frame_id) of a bad sample when both can be read, so the agent can stop resending it."""
+    try:
+        where = topics.parse_topic(topic)
+        _kind, header, _body = envelope.unpack(payload)
+    except protocol.ProtocolError:
+        return None
+    frame_id = header.get("frame_id")
+    if where.kind != "sample" or not isinstance(frame_id, str) or not topics.FRAME_ID_RE.match(frame_id):
+        return None
+    return where.agent_id, frame_id
+
+
+class Collector:
+    """Owns one paho client and the batching thread that feeds the store."""
+
+    def __init__(self, store: Store, config: MqttConfig, metrics: Metrics) -> None:
+        self.store = store
+        self.cfg = config
+        self.metrics = metrics
+        self._inbox: queue.Queue[Raw] = queue.Queue()
+        self._stop = threading.Event()
+        self._committing: queue.Queue = queue.Queue(maxsize=PIPELINE_DEPTH)
+        self._thread: threading.Thread | None = None
+        self.connected = threading.Event()
+        self.mqtt5 = False
+        self.client: mqtt.Client | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.cfg
+        self.mqtt5 = cfg.protocol == "5" or (cfg.protocol == "auto" and probe_mqtt5(cfg))
+        if self.mqtt5:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+                                 protocol=mqtt.MQTTv5, manual_ack=True)
+        else:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+                                 protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True)
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.reconnect_delay_set(0.2, 5)
+        self.client = client
+        self._thread = threading.Thread(target=self._run, name="ingest-batcher", daemon=True)
+        self._finisher = threading.Thread(target=self._finish, name="ingest-finisher", daemon=True)
+        self._thread.start()
+        self._finisher.start()
+        props = None
+        if self.mqtt5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = cfg.session_expiry_s
+        client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s,
+                             clean_start=False if self.mqtt5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                             properties=props)
+        client.loop_start()
+        log.info("collector %s connecting to %s:%d (MQTT %s)", cfg.client_id, cfg.host, cfg.port,
+                 "5" if self.mqtt5 else "3.1.1")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(30)
+            self._finisher.join(30)
+        if self.client:
+            self.client.disconnect()
+            self.client.loop_stop()
+
+    # -- paho callbacks (network thread) -------------------------------------
+    def _filters(self) -> list[str]:
+        group = self.cfg.shared_group
+        fs = [topics.SAMPLES_FILTER, topics.STATUS_FILTER, topics.TELEMETRY_FILTER]
+        return [topics.shared(f, group) for f in fs] if group else fs
+
+    def _on_connect(self, client, userdata, flags, rc, properties) -> None:
+        if rc.is_failure:
+            log.error("broker refused the collector: %s", rc)
+            return
+        try:
+            client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+        client.subscribe([(f, 1) for f in self._filters()])
+        self.connected.set()
+        self.metrics.gauge("mqtt_connected", 1)
+        log.info("collector connected (session present: %s)", flags.session_present)
+
+    def _on_disconnect(self, client, userdata, flags, rc, properties) -> None:
+        self.connected.clear()
+        self.metrics.gauge("mqtt_connected", 0)
+        if not self._stop.is_set():
+            log.warning("collector disconnected (%s); paho reconnects", rc)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        self._inbox.put(Raw(msg.topic, msg.payload, msg.mid, msg.qos))
+
+    # -- batching thread: gather, decode, hash, queue the commit ------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self._inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            deadline = time.monotonic() + self.cfg.batch_ms / 1000
+            while len(batch) < self.cfg.batch_max:
+                left = deadline - time.monotonic()
+                try:
+                    batch.append(self._inbox.get(timeout=left) if left > 0 else self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            self.metrics.inc("ingest_received", len(batch))
+            try:
+                t0 = time.perf_counter()
+                b = self._classify(batch)
+                now = time.time()
+                prepared = [incoming(sample, now) for sample, _raws in b.samples.values()]
+                self.metrics.inc("ingest_prepare_seconds", time.perf_counter() - t0)
+                futures = self._submit(b, prepared)
+            except Exception:  # a bug must not end ingest; unacknowledged, the batch comes back on reconnect
+                self.metrics.inc("ingest_errors")
+                log.exception("ingest batch of %d messages failed; not acknowledged", len(batch))
+                continue
+            # The next batch is decoded while this one commits; the bounded queue is the backpressure.
+            self._committing.put((b, prepared, futures))
+        self._committing.put(None)
+
+    # -- finishing thread: wait for the commit, then receipts, then acks ------
+    def _finish(self) -> None:
+        while True:
+            item = self._committing.get()
+            if item is None:
+                return
+            b, prepared, futures = item
+            result = self._wait(b, prepared, futures)
+            if result is None:
+                continue  # stopping: nothing acked, so the broker redelivers to the next collector
+            try:
+                self._send_receipts(b, result.stored)
+            except Exception:  # stored anyway: the agent resends and gets its receipt then
+                log.exception("receipts for a committed batch could not be sent")
+            for raw in b.acks:
+                if raw.qos > 0:
+                    self.client.ack(raw.mid, raw.qos)
+
+    def _classify(self, raws: list[Raw]) -> _Batch:
+        b = _Batch({}, [], [], [], {}, list(raws))
+        now = time.time()
+        for raw in raws:
+            try:
+                msg = protocol.decode(raw.topic, raw.payload)
+            except protocol.ProtocolError as e:
+                self._dead(b, raw, e.reason, e.detail, now)
+                continue
+            if isinstance(msg, protocol.Sample):
+                b.samples.setdefault(msg.frame_id, (msg, []))[1].append(raw)
+            elif isinstance(msg, protocol.Status):
+                b.fleet_status.append(msg)
+            elif isinstance(msg, protocol.Telemetry):
+                b.fleet_telemetry.append(msg)
+            else:
+                self._dead(b, raw, "unexpected_kind", f"{msg.KIND} on {raw.topic}", now)
+        return b
+
+    def _dead(self, b: _Batch, raw: Raw, reason: str, detail: str, now: float) -> None:
+        log.warning("dead letter on %s: %s %s", raw.topic[:200], reason, detail[:200])
+        self.metrics.inc("dead_letters", label=reason)
+        b.dead.append(DeadLetter(raw.topic, reason, detail, len(raw.payload), raw.payload[:256], now))
+        frame = _rejected_frame(raw.topic, raw.payload)
+        if frame:
+            b.rejected.setdefault(frame[0], []).append((frame[1], reason))
+
+    def _submit(self, b: _Batch, prepared: list[IncomingSample]) -> list:
+        # Queued together, these writes share one group commit (one fsync).
+        futures = [self.store.ingest_samples_async(prepared)]
+        if b.dead:
+            futures.append(self.store.record_dead_letters_async(b.dead))
+        if b.fleet_status or b.fleet_telemetry:
+            futures.append(self.store.record_fleet_async(b.fleet_status, b.fleet_telemetry))
+        return futures
+
+    def _wait(self, b: _Batch, prepared: list[IncomingSample], futures: list):
+        """The batch's ingest result once committed; storage errors are retried, never acked."""
+        t0 = time.perf_counter()
+        for attempt in range(10**9):
+            try:
+                result = [f.result() for f in futures][0]
+                break
+            except Exception:  # disk full, I/O error: keep the batch, try again, ack nothing meanwhile
+                if self._stop.is_set():
+                    return None
+                self.metrics.inc("ingest_errors")
+                log.exception("ingest commit failed (attempt %d); retrying", attempt + 1)
+                time.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
+                futures = self._submit(b, prepared)
+        self.metrics.inc("ingest_commit_seconds", time.perf_counter() - t0)
+        self.metrics.inc("ingest_batches")
+        self.metrics.inc("ingest_stored", result.new)
+        self.metrics.inc("ingest_duplicates", result.duplicates)
+        return result
+
+    def _send_receipts(self, b: _Batch, stored: tuple[str, ...]) -> None:
+        by_agent: dict[str, list[str]] = {}
+        for frame_id in stored:
+            by_agent.setdefault(b.samples[frame_id][0].agent_id, []).append(frame_id)
+        for agent in set(by_agent) | set(b.rejected):
+            ok, bad = by_agent.get(agent, []), b.rejected.get(agent, [])
+            for i in range(0, max(len(ok), len(bad)), MAX_IDS_PER_RECEIPT):
+                receipt = protocol.Receipt(stored=tuple(ok[i:i + MAX_IDS_PER_RECEIPT]),
+                                           rejected=tuple(bad[i:i + MAX_IDS_PER_RECEIPT]), at=time.time())
+                self.client.publish(topics.receipt_topic(agent), protocol.encode(receipt), qos=self.cfg.receipt_qos)
+                self.metrics.inc("receipts_sent")

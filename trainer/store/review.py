@@ -1,0 +1,212 @@
+"""Queries and writes behind the review workflow: queue, label, undo, stats, fleet."""
+
+from __future__ import annotations
+
+import json
+
+
+import sqlite_utils
+
+from . import ranking
+from .records import Conflict, InvalidLabel, Item, NotFound, Project, QueueFilter
+
+ITEM_SQL = (
+    "SELECT e.id, e.blob, e.media_type, e.width, e.height, e.label, e.boxes, e.status, e.split, e.source,"
+    " e.labeled_by, e.labeled_at, e.round_added, s.prediction, s.predicted_label, s.uncertainty, s.strategy,"
+    " s.reason, s.frame_id, s.agent_id, s.camera_id, s.model_name, s.model_version, s.captured_at, s.task"
+    " FROM examples e LEFT JOIN samples s ON s.example_id = e.id")
+STATE_KEYS = ("label", "boxes", "status", "labeled_by", "labeled_at", "round_added")
+MIN_PER_CLASS, GOOD, PRODUCTION = 10, 300, 1000
+
+
+def _item(r: tuple) -> Item:
+    pred = json.loads(r[13]) if r[13] else {"scores": {}, "boxes": []}
+    return Item(*r[:6], json.loads(r[6]), *r[7:13], pred, *r[14:])
+
+
+def item(db: sqlite_utils.Database, example_id: int) -> Item:
+    row = db.execute(ITEM_SQL + " WHERE e.id = ?", [example_id]).fetchone()
+    if row is None:
+        raise NotFound(f"no example {example_id}")
+    return _item(row)
+
+
+def class_counts(db: sqlite_utils.Database) -> dict[str, int]:
+    """Labelled examples per class (images for classification, objects for detection)."""
+    counts: dict[str, int] = {}
+    for label, n in db.execute("SELECT label, count(*) FROM examples WHERE status = 'labeled'"
+                               " AND label IS NOT NULL GROUP BY label"):
+        counts[label] = counts.get(label, 0) + n
+    for label, n in db.execute("SELECT json_extract(b.value, '$.label'), count(*) FROM examples e,"
+                               " json_each(e.boxes) b WHERE e.status = 'labeled' GROUP BY 1"):
+        counts[label] = counts.get(label, 0) + n
+    return counts
+
+
+def queue(db: sqlite_utils.Database, f: QueueFilter, limit: int, offset: int, now: float) -> tuple[list[Item], int]:
+    where, args = ["e.status = ?"], [f.status]
+    for column, value in (("s.camera_id", f.camera), ("s.agent_id", f.agent), ("s.model_version", f.model_version),
+                          ("s.predicted_label", f.predicted), ("s.strategy", f.strategy)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    sql_where = " WHERE " + " AND ".join(where)
+    base = " FROM examples e JOIN samples s ON s.example_id = e.id" + sql_where
+    total = db.execute("SELECT count(*)" + base, args).fetchone()[0]
+    counts = class_counts(db)
+    top = max(counts.values(), default=0)
+
+    def ev(uncertainty: float, predicted: str | None, captured_at: float) -> float:
+        return ranking.expected_value(uncertainty, counts.get(predicted, 0), top, now - captured_at)
+
+    db.conn.create_function("el_expected_value", 3, ev)
+    rows = db.execute(ITEM_SQL + sql_where + " ORDER BY el_expected_value(s.uncertainty, s.predicted_label,"
+                      " s.captured_at) DESC, e.id LIMIT ? OFFSET ?", args + [limit, offset]).fetchall()
+    return [_item(r) for r in rows], total
+
+
+def _state(row: Item) -> dict:
+    return {"label": row.label, "boxes": row.boxes, "status": row.status, "labeled_by": row.labeled_by,
+            "labeled_at": row.labeled_at, "round_added": row.round_added}
+
+
+def _check_boxes(boxes: list[dict], labels: tuple[str, ...]) -> list[dict]:
+    out = []
+    for i, b in enumerate(boxes):
+        try:
+            x1, y1, x2, y2 = (float(b[k]) for k in ("x1", "y1", "x2", "y2"))
+            label = b["label"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidLabel(f"boxes[{i}] needs numeric x1, y1, x2, y2 and a label") from e
+        if not all(0.0 <= v <= 1.0 for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+            raise InvalidLabel(f"boxes[{i}] must satisfy 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1")
+        if label not in labels:
+            raise InvalidLabel(f"boxes[{i}].label {label!r:.64} is not one of the project's labels")
+        out.append({"x1": x1, "y1": y1, "x2": x2, "y2": y2, "label": label})
+    return out
+
+
+def _after(current: Item, project: Project, action: str, label: str | None, boxes: list[dict] | None) -> dict:
+    task = project.task or current.task
+    if action in ("reject", "skip"):
+        return {"status": "rejected" if action == "reject" else "skipped"}
+    if action == "accept":
+        if current.prediction is None or current.frame_id is None:
+            raise InvalidLabel("this example has no model prediction to accept")
+        label = current.predicted_label if task == "classification" else None
+        boxes = [{k: b[k] for k in ("x1", "y1", "x2", "y2", "label")} for b in current.prediction["boxes"]]
+        if task == "classification" and label is None:
+            raise InvalidLabel("the prediction has no label to accept")
+    elif action != "label":
+        raise InvalidLabel(f"action must be label, accept, reject or skip, not {action!r:.32}")
+    if task == "classification":
+        if label not in project.labels:
+            raise InvalidLabel(f"label {label!r:.64} is not one of the project's labels")
+        return {"status": "labeled", "label": label, "boxes": []}
+    if boxes is None:
+        raise InvalidLabel("a detection label needs boxes (an empty list means no objects)")
+    return {"status": "labeled", "label": None, "boxes": _check_boxes(boxes, project.labels)}
+
+
+def _project(db: sqlite_utils.Database) -> Project:
+    row = db.execute("SELECT name, task, labels, batch_size FROM projects WHERE id = 1").fetchone()
+    return Project(row[0], row[1], tuple(json.loads(row[2])), row[3]) if row else Project("default", None, (), 40)
+
+
+def _write_state(db: sqlite_utils.Database, example_id: int, state: dict) -> None:
+    db.execute("UPDATE examples SET label = ?, boxes = ?, status = ?, labeled_by = ?, labeled_at = ?,"
+               " round_added = ? WHERE id = ?",
+               [state["label"], json.dumps(state["boxes"]), state["status"], state["labeled_by"],
+                state["labeled_at"], state["round_added"], example_id])
+
+
+def apply_action(db: sqlite_utils.Database, example_id: int, user: str, action: str, label: str | None,
+                 boxes: list[dict] | None, now: float) -> None:
+    current = item(db, example_id)
+    before = _state(current)
+    after = dict(before, **_after(current, _project(db), action, label, boxes))
+    after["labeled_by"], after["labeled_at"] = user, now
+    if after["status"] == "labeled" and current.source == "edge":
+        # The batch it belongs to is the next round's.
+        after["round_added"] = db.execute("SELECT coalesce(max(id), 0) + 1 FROM rounds").fetchone()[0]
+    _write_state(db, example_id, after)
+    db.execute("INSERT INTO label_events (example_id, user, action, before, after, at) VALUES (?, ?, ?, ?, ?, ?)",
+               [example_id, user, action, json.dumps(before), json.dumps(after), now])
+
+
+def undo(db: sqlite_utils.Database, user: str, now: float) -> int:
+    row = db.execute("SELECT id, example_id, before, after FROM label_events WHERE user = ? AND undone_at IS NULL"
+                     " ORDER BY id DESC LIMIT 1", [user]).fetchone()
+    if row is None:
+        raise NotFound(f"{user} has nothing to undo")
+    event_id, example_id, before, after = row[0], row[1], json.loads(row[2]), json.loads(row[3])
+    if _state(item(db, example_id)) != after:
+        raise Conflict(f"example {example_id} was changed by someone else since; not undoing")
+    _write_state(db, example_id, before)
+    db.execute("UPDATE label_events SET undone_at = ? WHERE id = ?", [now, event_id])
+    return example_id
+
+
+def _warnings(counts: dict[str, dict[str, int]], labels: tuple[str, ...]) -> list[str]:
+    totals = {label: sum(counts.get(label, {}).values()) for label in labels} or \
+        {k: sum(v.values()) for k, v in counts.items()}
+    out = []
+    for label, n in totals.items():
+        if n < MIN_PER_CLASS:
+            out.append(f"class {label!r} has {n} examples; at least {MIN_PER_CLASS} are needed to train")
+    if len(totals) >= 2 and sum(totals.values()) > 0:
+        top, n_top = max(totals.items(), key=lambda kv: kv[1])
+        rest = [n for k, n in totals.items() if k != top]
+        if n_top > 2 * max(1, min(rest)) and n_top / sum(totals.values()) > 1.5 / len(totals):
+            out.append(f"class {top!r} dominates ({n_top} of {sum(totals.values())}): the model will lean "
+                       "towards it; add examples of the other classes")
+    return out
+
+
+def stats(db: sqlite_utils.Database, project: Project) -> dict:
+    counts: dict[str, dict[str, int]] = {label: dict.fromkeys(("train", "val", "test", "unassigned"), 0)
+                                         for label in project.labels}
+
+    def add(label: str, split: str | None, n: int) -> None:
+        counts.setdefault(label, dict.fromkeys(("train", "val", "test", "unassigned"), 0))
+        counts[label][split or "unassigned"] += n
+    for label, split, n in db.execute("SELECT label, split, count(*) FROM examples WHERE status = 'labeled'"
+                                      " AND label IS NOT NULL GROUP BY 1, 2"):
+        add(label, split, n)
+    for label, split, n in db.execute("SELECT json_extract(b.value, '$.label'), e.split, count(*) FROM examples e,"
+                                      " json_each(e.boxes) b WHERE e.status = 'labeled' GROUP BY 1, 2"):
+        add(label, split, n)
+    total = db.execute("SELECT count(*) FROM examples WHERE status = 'labeled'").fetchone()[0]
+    hashes = db.execute("SELECT id, phash FROM examples WHERE phash IS NOT NULL AND status != 'rejected'").fetchall()
+    grade = "production grade" if total >= PRODUCTION else "good" if total >= GOOD else "small"
+    guidance = (f"{total} labelled examples ({grade}). Train with at least {MIN_PER_CLASS} per class; about {GOOD} "
+                f"is good and about {PRODUCTION} is production grade. Keep classes balanced, and add 30-50 "
+                "corrected errors per round rather than many similar images.")
+    return {"task": project.task, "total": total, "counts": counts, "warnings": _warnings(counts, project.labels),
+            "guidance": guidance, "duplicate_clusters": ranking.duplicate_clusters([(i, h) for i, h in hashes])}
+
+
+STALE_MIN_S = 60.0
+
+
+def fleet(db: sqlite_utils.Database, now: float) -> list[dict]:
+    """Agents with their last status and telemetry; ``stale`` when an "online" agent went quiet.
+
+    A crash behind a NAT can keep the broker from ever sending the last will, so "online" alone is
+    not trusted: three missed telemetry periods (at least a minute) mark the agent stale.
+    """
+    rows = db.execute("SELECT agent_id, state, model_name, model_version, model_state, cameras, cohorts, detail,"
+                      " telemetry, last_seen, software_version FROM agents ORDER BY agent_id").fetchall()
+    out = []
+    for r in rows:
+        tel = json.loads(r[8]) if r[8] else {}
+        out.append({"agent_id": r[0], "state": r[1], "model_name": r[2], "model_version": r[3],
+                    "model_state": r[4], "cameras": json.loads(r[5]), "cohorts": json.loads(r[6]), "detail": r[7],
+                    "fps": tel.get("fps"), "outbox_depth": tel.get("outbox_depth"), "last_seen": r[9],
+                    "software_version": r[10], "camera_fps": tel.get("camera_fps", {}),
+                    "latency_p50_ms": tel.get("latency_p50_ms"), "drops": tel.get("drops", {}),
+                    "stale": r[1] == "online" and now - r[9] > max(3 * tel.get("period_s", 0.0), STALE_MIN_S)})
+    return out
+
+
+
