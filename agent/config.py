@@ -167,6 +167,17 @@ class OutboxConfig(_Strict):
     jpeg_quality: int = Field(90, ge=10, le=100)
 
 
+class HealthConfig(_Strict):
+    """The health window after each model install (agent.health)."""
+
+    enabled: bool = True  # off: a model that loads and warms up is trusted at once
+    window_s: float = Field(10.0, ge=0, le=86400)  # shortest probation, in seconds
+    min_frames: int = Field(30, ge=1, le=10_000_000)  # fewest frames the new model must infer to pass
+    max_error_rate: float = Field(0.01, ge=0, le=1)  # inference errors per frame
+    max_nonfinite_rate: float = Field(0.0, ge=0, le=1)  # frames with NaN/inf outputs per frame; 0: any fails
+    max_confidence_drop: float = Field(1.0, ge=0, le=1)  # vs the previous model's mean confidence; 1: off
+
+
 class UpdatesConfig(_Strict):
     enabled: bool = True
     trusted_keys: list[str] = []  # Ed25519 public keys: base64 of the 32 raw bytes, or PEM
@@ -174,6 +185,7 @@ class UpdatesConfig(_Strict):
     max_download_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     download_timeout_s: float = Field(60.0, gt=0, le=3600)
     allow_http: bool = False  # plain http only for a lab; the signature still protects the content
+    health: HealthConfig = HealthConfig()
 
     @field_validator("trusted_keys")
     @classmethod

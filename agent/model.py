@@ -33,6 +33,10 @@ class ModelError(RuntimeError):
     """A model that cannot be run: not ONNX, wrong shapes, a card that does not fit."""
 
 
+class NonFiniteOutput(ValueError):
+    """The model gave NaN or inf on a frame: nothing of it may be decoded, sampled or sent."""
+
+
 @dataclass(frozen=True)
 class Prediction:
     task: str
@@ -135,6 +139,9 @@ class ModelRunner:
         self.threshold = threshold
         self.floor = min(threshold, score_floor)  # keep candidates below the threshold for band strategies
         self.output_names = self._output_names()
+        # A model failing on every frame would print a kernel error per frame; the agent logs them rate-limited.
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
         self.warm_up()
 
     @classmethod
@@ -233,7 +240,11 @@ class ModelRunner:
 
     def infer(self, image: np.ndarray) -> Prediction:
         tensor, geo = self.preprocess(image)
-        outputs = self.session.run(self.output_names, {self.input_name: tensor})
+        outputs = self.session.run(self.output_names, {self.input_name: tensor}, self._run_options)
+        problem = nonfinite_outputs(outputs, self.output_names)
+        if problem:
+            # Decoding would hide it: clipping keeps NaN, score thresholds drop NaN boxes silently.
+            raise NonFiniteOutput(f"{self.path.name}: {problem}")
         return self.decode(outputs, image.shape[1], image.shape[0], geo)
 
     def decode(self, outputs: list[np.ndarray], width: int, height: int,
@@ -255,6 +266,17 @@ class ModelRunner:
 
 
 # -- pure decoding functions ---------------------------------------------------
+
+def nonfinite_outputs(outputs: list[np.ndarray], names: list[str]) -> str:
+    """"" when every float output is finite, else which outputs hold how many NaN/inf values."""
+    bad = []
+    for name, out in zip(names, outputs):
+        if out.dtype.kind == "f" and not np.isfinite(out).all():
+            n_nan = int(np.isnan(out).sum())
+            bad.append(f"{name} has {n_nan} NaN and {int(out.size - np.isfinite(out).sum()) - n_nan} inf "
+                       f"of {out.size} values")
+    return "; ".join(bad)
+
 
 def classify(raw: np.ndarray, activation: str) -> np.ndarray:
     x = raw.reshape(-1).astype(np.float64)

@@ -32,8 +32,9 @@ from protocol.messages import MAX_BOXES
 from protocol.topics import sample_topic
 
 from .config import AgentConfig, ConfigError, load_config
+from .health import HealthWindow
 from .metrics import ConfidenceHistogram, Counters, LatencyWindow, RateMeter
-from .model import Prediction
+from .model import NonFiniteOutput, Prediction
 from .modelstore import ModelStore
 from .outbox import Outbox
 from .sampling import Decision, Sampler
@@ -69,7 +70,8 @@ class Agent:
         self.latency = LatencyWindow()
         self.fps = RateMeter()
         self.camera_fps = {c.id: RateMeter() for c in cfg.cameras}
-        self.hist = ConfidenceHistogram()
+        self.hist = ConfidenceHistogram()  # of the model version that inferred last: reset on a swap
+        self._hist_version: int | None = None
         self.frames = 0  # inferred since start
         self.sampled = 0  # written to the outbox since start
         self.inference_errors = 0
@@ -77,8 +79,11 @@ class Agent:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(cfg.data_dir / "outbox.sqlite", cfg.outbox.max_bytes)
         self.holder = ModelHolder()
+        # Only an updater thread judges the window: without updates nobody would ever close it.
+        self.health = HealthWindow(cfg.updates.health) if cfg.updates.enabled and cfg.updates.health.enabled \
+            else None
         self.updater = Updater(cfg, ModelStore(cfg.data_dir / "models"), self.holder, self._status_changed,
-                               score_floor(cfg))
+                               score_floor(cfg), health=self.health)
         self.hub = FrameHub([c.id for c in cfg.cameras], self.counters)
         self.sources = [CameraSource(c, self.hub, self.counters, random.Random(rng.random())) for c in cfg.cameras]
         sample_seed = cfg.sampling.seed if cfg.sampling.seed is not None else rng.getrandbits(64)
@@ -151,6 +156,11 @@ class Agent:
                 continue
             try:
                 self._infer(frame)
+            except Exception:  # a bug after inference (decode, sampling) must not kill the loop silently
+                self.counters.add("inference_error")
+                if time.monotonic() - self._last_error_log > 5.0:
+                    self._last_error_log = time.monotonic()
+                    log.exception("processing %s frame %d failed", frame.camera_id, frame.seq)
             finally:
                 self.hub.done()
 
@@ -162,17 +172,23 @@ class Agent:
         t0 = time.perf_counter()
         try:
             pred = runner.infer(frame.image)
+        except NonFiniteOutput as e:  # never decoded, sampled or sent: the protocol refuses NaN
+            self._failed(runner.version, "nonfinite", "nonfinite_output", frame, e)
+            return
         except Exception as e:  # a frame the model chokes on must not stop the loop
-            self.inference_errors += 1
-            self.counters.add("inference_error")
-            self._log_error("inference failed on %s frame %d: %s", frame.camera_id, frame.seq, e)
+            self._failed(runner.version, "error", "inference_error", frame, e)
             return
         self.latency.add(time.perf_counter() - t0)
         self.frames += 1
         self.fps.tick()
         self.camera_fps[frame.camera_id].tick()
-        for label, conf in pred.top():
+        if self._hist_version != runner.version:  # telemetry compares histograms model against model
+            self.hist, self._hist_version = ConfidenceHistogram(), runner.version
+        top = pred.top()
+        for label, conf in top:
             self.hist.add(label, conf)
+        if self.health is not None:
+            self.health.record(runner.version, "ok", max((c for _, c in top), default=None))
         decision = self.sampler.decide(frame.camera_id, pred, frame.image, frame.captured_at)
         if decision is None:
             return
@@ -181,6 +197,13 @@ class Agent:
         except queue.Full:
             self.counters.add("queue_full")
             self._log_error("encoder queue full: dropped a picked frame of %s", frame.camera_id)
+
+    def _failed(self, version: int, outcome: str, counter: str, frame: Frame, e: Exception) -> None:
+        self.inference_errors += 1  # non-finite outputs too: the server's rollout watches this figure
+        self.counters.add(counter)
+        if self.health is not None:
+            self.health.record(version, outcome)
+        self._log_error("inference failed on %s frame %d (v%d): %s", frame.camera_id, frame.seq, version, e)
 
     def _log_error(self, msg: str, *args: object) -> None:
         now = time.monotonic()

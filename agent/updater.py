@@ -15,6 +15,13 @@ An announcement is trusted only after each step passes, in this order:
 Only then is state.json replaced (the commit point, see agent.modelstore) and
 the running model swapped under the holder's lock. Any failure leaves the
 running model untouched and is reported in the log and the Status.
+
+With a health window (agent.health), the new model then runs on probation:
+the Status says ``updating`` until the window passes (``ok``) or fails, in
+which case the updater goes back to the previous model, blocks the failed
+version so its retained announcement is never installed again, and reports
+``reverted`` with the reason. ``state.json``'s ``last.probation`` names the
+version still on probation, so a restart before the verdict opens a new window.
 """
 
 from __future__ import annotations
@@ -36,12 +43,14 @@ from protocol.manifest import Manifest, verify
 from protocol.modelcard import ModelCard, card_from_dict
 
 from .config import AgentConfig, trusted_keys
+from .health import HealthWindow
 from .model import ModelError, ModelRunner
 from .modelstore import ModelRef, ModelState, ModelStore
 from .onnxcheck import OnnxFormatError, external_data_tensors
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 16
+HEALTH_POLL_S = 0.2  # how often the updater thread looks at the health window
 
 
 class UpdateRefused(Exception):
@@ -65,7 +74,7 @@ class ModelHolder:
         with self.lock:
             return self.runner
 
-    def swap(self, runner: ModelRunner, ref: ModelRef, state: str, detail: str) -> None:
+    def swap(self, runner: ModelRunner | None, ref: ModelRef | None, state: str, detail: str) -> None:
         with self.lock:
             self.runner, self.ref = runner, ref
             self.model_state, self.detail = state, detail
@@ -77,8 +86,10 @@ class ModelHolder:
 
 class Updater:
     def __init__(self, cfg: AgentConfig, store: ModelStore, holder: ModelHolder, on_change: Callable[[], None],
-                 score_floor: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+                 score_floor: float = 1.0, clock: Callable[[], float] = time.time,
+                 health: HealthWindow | None = None) -> None:
         self.cfg = cfg
+        self.health = health  # None: no probation (nobody feeds it frames), a loaded model is "ok" at once
         self.store = store
         self.holder = holder
         self.on_change = on_change
@@ -116,6 +127,8 @@ class Updater:
             detail = "" if not errors else f"fell back to {Path(ref.path).name} v{ref.version}: {errors[0]}"
             self.holder.swap(runner, ref, "ok" if not errors else "reverted", detail)
             log.info("running model %s v%d from %s", runner.name, ref.version, ref.path)
+            if not errors and ref is state.current and state.last.get("probation") == ref.version:
+                self._probation(ref, state.previous, f"v{ref.version} restarted before its health window passed")
             return
         self.holder.report("failed", "; ".join(errors)[:1000])
         log.error("no usable model: inference waits for a model update")
@@ -145,10 +158,20 @@ class Updater:
             log.warning("update queue full: rollback dropped")
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=HEALTH_POLL_S)
+            except queue.Empty:
+                job = ("health", None)
+            if job is None:
+                return
             kind, arg = job
             try:
-                self.apply(arg) if kind == "announce" else self.rollback()
+                if kind == "announce":
+                    self.apply(arg)
+                elif kind == "rollback":
+                    self.rollback()
+                self.check_health()
             except Exception:  # keep the updater alive whatever a bad announcement triggers
                 log.exception("model %s failed unexpectedly", kind)
                 self.holder.report("failed", f"{kind} failed unexpectedly; see the agent log")
@@ -233,10 +256,15 @@ class Updater:
         new_ref = ModelRef(manifest.version, str(path), manifest.card)
         old = self.holder.ref
         state = self.store.load()
-        state = ModelState(new_ref, old, state.blocked, self._last(manifest.version, "installed", ""))
+        last = self._last(manifest.version, "installed", "")
+        if self.health is not None:
+            last["probation"] = manifest.version  # a restart before the verdict opens a new window
+        state = ModelState(new_ref, old, state.blocked, last)
         self.store.save(state)  # the commit point
-        self.holder.swap(runner, new_ref, "ok", f"updated to v{manifest.version}"
-                         + (f" from v{old.version}" if old else ""))
+        detail = f"updated to v{manifest.version}" + (f" from v{old.version}" if old else "")
+        self._end_probation()
+        self.holder.swap(runner, new_ref, "ok", detail)
+        self._probation(new_ref, old, detail)
         self.store.prune(self._keep(state))
         log.info("model %s updated to v%d", manifest.name, manifest.version)
         self.on_change()
@@ -310,11 +338,77 @@ class Updater:
             new_state = ModelState(state.previous, current, blocked,
                                    self._last(state.previous.version, "rolled_back", f"from v{current.version}"))
             self.store.save(new_state)
+            self._end_probation()
             self.holder.swap(runner, state.previous, "reverted",
                              f"rolled back from v{current.version} to v{state.previous.version}")
             log.warning("rolled back from v%d to v%d", current.version, state.previous.version)
             self.on_change()
             return True
+
+    # -- health window -------------------------------------------------------------
+
+    def _probation(self, ref: ModelRef, previous: ModelRef | None, detail: str) -> None:
+        if self.health is None:
+            return
+        h = self.cfg.updates.health
+        self.health.begin(ref.version, previous.version if previous else None)
+        self.holder.report("updating", f"{detail}; on probation: health window of {h.window_s:g} s and "
+                                       f"{h.min_frames} frames")
+
+    def _end_probation(self) -> None:
+        if self.health is not None:
+            self.health.end()
+
+    def check_health(self) -> None:
+        """Act on the health window's verdict: keep the new model (ok) or go back to the previous one."""
+        if self.health is None:
+            return
+        with self._lock:
+            verdict = self.health.verdict()
+            if verdict is None:
+                return
+            version, state, reason = verdict
+            ref = self.holder.ref
+            if ref is None or ref.version != version:  # swapped away meanwhile
+                self.health.end()
+                return
+            if state == "pending":
+                return
+            self.health.end()
+            if state == "failed":
+                self._revert(ref, reason)
+                return
+            detail = f"v{version} passed its health window: {reason}"
+            self.holder.report("ok", detail)
+            self._remember(version, "healthy", detail)
+            log.info("model %s", detail)
+            self.on_change()
+
+    def _revert(self, failed: ModelRef, reason: str) -> None:
+        """Run the previous model again after a failed window; the failed version is blocked for good."""
+        state = self.store.load()
+        blocked = tuple(sorted(set(state.blocked) | {failed.version}))
+        why = f"v{failed.version} failed its health window: {reason}"
+        runner = None
+        if state.previous is not None:
+            try:
+                runner = self._load(state.previous)
+            except (ModelError, ProtocolError) as e:
+                why += f"; the previous v{state.previous.version} cannot run either: {e}"
+        if runner is None:
+            # Nothing to go back to: a model whose frames can never be sent is no better than none.
+            self.store.save(ModelState(None, None, blocked, self._last(failed.version, "failed_health", why)))
+            detail = f"{why}; no model runs until an update"
+            self.holder.swap(None, None, "failed", detail[:1000])
+            log.error("%s", detail)
+            self.on_change()
+            return
+        self.store.save(ModelState(state.previous, failed, blocked,
+                                   self._last(failed.version, "failed_health", why[:500])))
+        detail = f"{why}; reverted to v{state.previous.version}, v{failed.version} is blocked"
+        self.holder.swap(runner, state.previous, "reverted", detail[:1000])
+        log.error("%s", detail)
+        self.on_change()
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -323,7 +417,10 @@ class Updater:
 
     def _remember(self, version: int, result: str, detail: str) -> None:
         state = self.store.load()
-        self.store.save(replace(state, last=self._last(version, result, detail[:500])))
+        last = self._last(version, result, detail[:500])
+        if self.health is not None and self.health.probation is not None:
+            last["probation"] = self.health.probation  # a refused announcement does not end a probation
+        self.store.save(replace(state, last=last))
 
     def _keep(self, state: ModelState) -> set[int]:
         return {r.version for r in (state.current, state.previous) if r is not None}

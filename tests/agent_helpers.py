@@ -113,7 +113,8 @@ def base_config(tmp: Path, broker, model_path: Path, **sections) -> dict:
         "sampling": {"strategies": [{"name": "least_confidence", "threshold": 0.3}], "per_minute": 100000,
                      "per_hour": 100000, "per_day": 100000, "class_share": 1.0, "dedup_hamming": 0, "seed": 1},
         "outbox": {"max_bytes": 64 * 1024 * 1024},
-        "updates": {"enabled": False},
+        # a short health window after installs, like the short receipt and telemetry periods above
+        "updates": {"enabled": False, "health": {"window_s": 1.0, "min_frames": 10}},
     }
     for k, v in sections.items():
         cfg[k] = {**cfg[k], **v} if isinstance(cfg.get(k), dict) else v
@@ -227,5 +228,45 @@ def make_detector(path: Path, grid: int = 4, size: int = 32, labels=("blob",), g
             "output": {"type": "ssd", "score_threshold": 0.5, "iou_threshold": 0.3, "background_class": 0}}
     helper.set_model_props(model, {CARD_METADATA_KEY: json.dumps(card)})
     onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_faulty_classifier(path: Path, fault: str, name: str = "shapes", version: int = 2, labels=LABELS,
+                           size: int = 32, seed: int = 0) -> Path:
+    """A real ONNX classifier that loads, warms up on the zero tensor and fits its card, but fails on real frames.
+
+    ``fault="nan"``: logits = W·sqrt(-mean colour) + b, finite for the zero warm-up, NaN for any frame that is
+    not black. ``fault="error"``: it gathers from a one-entry table at an index computed from the brightest
+    pixel, so onnxruntime raises "out of bounds" for any frame that is not black.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    inits = [numpy_helper.from_array((rng.normal(0, 1, (3, n)) * 4).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (n,)).astype(np.float32), "b")]
+    nodes = [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"])]
+    if fault == "nan":
+        nodes += [helper.make_node("Neg", ["flat"], ["neg"]), helper.make_node("Sqrt", ["neg"], ["feat"]),
+                  helper.make_node("Gemm", ["feat", "w", "b"], ["logits"])]
+    elif fault == "error":
+        inits += [numpy_helper.from_array(np.array([100.0], np.float32), "hundred"),
+                  numpy_helper.from_array(np.zeros((1, n), np.float32), "table")]
+        nodes += [helper.make_node("ReduceMax", ["image"], ["peak"], keepdims=0),
+                  helper.make_node("Mul", ["peak", "hundred"], ["scaled"]),
+                  helper.make_node("Cast", ["scaled"], ["index"], to=TensorProto.INT64),
+                  helper.make_node("Gather", ["table", "index"], ["offset"], axis=0),
+                  helper.make_node("Gemm", ["flat", "w", "b"], ["raw"]),
+                  helper.make_node("Add", ["raw", "offset"], ["logits"])]
+    else:
+        raise ValueError(f"unknown fault {fault!r}")
+    graph = helper.make_graph(
+        nodes, f"faulty_{fault}", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {CARD_METADATA_KEY: json.dumps(classifier_card(name, version, labels, size))})
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
