@@ -84,6 +84,9 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service.start()
+        # The publishing routes find these on app.state (trainer/publish/routes.py).
+        app.state.registry, app.state.publishing, app.state.rounds = (
+            service.registry, service.publishing, service.rounds)
         try:
             yield
         finally:
@@ -100,6 +103,10 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
     app.include_router(api_data.router)
     app.include_router(api.public)
     _docs_behind_login(app)
+    from trainer.publish import routes as publish_routes
+
+    app.include_router(publish_routes.router)  # model downloads for agents: no token, published files only
+    app.include_router(publish_routes.api_router(require_user))
     try:
         pages = importlib.import_module("trainer.server.pages")
     except ModuleNotFoundError as e:

@@ -12,7 +12,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib  # type: ignore[no-redef]
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from trainer.publish.service import PublishingConfig
+from trainer.rounds.pipeline import RoundsConfig
 
 TOKEN_ENV = "EDGELOOP_SERVER_TOKEN"
 MQTT_PASSWORD_ENV = "EDGELOOP_MQTT_PASSWORD"
@@ -81,6 +84,18 @@ class ServerConfig(_Strict):
     store: StoreConfig = StoreConfig()
     project: ProjectConfig = ProjectConfig()
     import_root: Path | None = None  # POST /api/import reads only below this directory
+    # Training rounds (trigger, worker, gate) and publishing (signing, announcing, staged rollout).
+    # Without [rounds] the server only collects and serves the review UI; without [publish] a
+    # round's model is registered and gated but never announced.
+    rounds: RoundsConfig | None = None
+    publish: PublishingConfig | None = None
+
+    @model_validator(mode="after")
+    def _same_model(self) -> "ServerConfig":
+        if self.rounds and self.publish and self.rounds.model_name != self.publish.model_name:
+            raise ValueError(f"rounds.model_name {self.rounds.model_name!r} and publish.model_name "
+                             f"{self.publish.model_name!r} must name the same model")
+        return self
 
 
 class ConfigError(ValueError):

@@ -36,11 +36,11 @@ class NavItem:
     href: str
 
 
-# A later "Models" page is one more entry here.
 NAV: tuple[NavItem, ...] = (
     NavItem("review", "Review", "/review"),
     NavItem("dataset", "Dataset", "/dataset"),
     NavItem("fleet", "Fleet", "/fleet"),
+    NavItem("models", "Models", "/models"),
 )
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
@@ -166,3 +166,26 @@ def fleet(request: Request) -> Response:
     if user is None:
         return _login_redirect(request)
     return _render(request, "fleet.html", "fleet", user)
+
+
+def _models_context(request: Request) -> dict:
+    """What the models page needs from the server's config: the model and a round's epoch budget."""
+    config = getattr(getattr(request.app.state, "service", None), "config", None)
+    rounds = getattr(config, "rounds", None)
+    publish = getattr(config, "publish", None)
+    epochs = 0
+    if rounds is not None:
+        from trainer.train.config import TrainConfig
+
+        epochs = TrainConfig.model_validate(rounds.train).epochs  # validated at start-up already
+    name = rounds.model_name if rounds is not None else publish.model_name if publish is not None else ""
+    return {"model_name": name, "max_epochs": epochs, "rounds_on": rounds is not None,
+            "publish_on": publish is not None}
+
+
+@router.get("/models")
+def models(request: Request) -> Response:
+    user = auth.current_user(request)
+    if user is None:
+        return _login_redirect(request)
+    return _render(request, "models.html", "models", user, **_models_context(request))

@@ -20,6 +20,9 @@ class Service:
         self.metrics = Metrics()
         self.store: Store | None = None
         self.collector: Collector | None = None
+        self.registry = None  # trainer.publish.registry.Registry, with [rounds] or [publish]
+        self.publishing = None  # trainer.publish.service.PublishingService, with [publish]
+        self.rounds = None  # trainer.rounds.pipeline.RoundManager, with [rounds]
         self._stop = threading.Event()
         self._hasher: threading.Thread | None = None
 
@@ -31,11 +34,43 @@ class Service:
         if cfg.mqtt.enabled:
             self.collector = Collector(self.store, cfg.mqtt, self.metrics)
             self.collector.start()
+        self._start_training_side()
         self._stop.clear()
         self._hasher = threading.Thread(target=self._hash_loop, name="phash", daemon=True)
         self._hasher.start()
+        if self.publishing:
+            threading.Thread(target=self._refresh_loop, name="announce-refresh", daemon=True).start()
         log.info("store at %s", cfg.store.data_dir.resolve())
         return self
+
+    def _start_training_side(self) -> None:
+        cfg = self.config
+        if not (cfg.rounds or cfg.publish):
+            return
+        # Imported here: a collector-only server needs none of it.
+        from trainer.publish.registry import Registry
+        from trainer.publish.service import PublishingService
+        from trainer.rounds.pipeline import RoundManager
+
+        self.registry = Registry(cfg.store.data_dir)
+        if cfg.publish:
+            self.publishing = PublishingService.open(cfg.publish, registry=self.registry,
+                                                     client_id=f"{cfg.mqtt.client_id}-publisher")
+        if cfg.rounds:
+            rounds_cfg = cfg.rounds
+            if rounds_cfg.work_dir is None:
+                rounds_cfg = rounds_cfg.model_copy(update={"work_dir": cfg.store.data_dir / "rounds"})
+            controller = self.publishing.controller if self.publishing else None
+            self.rounds = RoundManager(self.store, self.registry, rounds_cfg, rollout=controller)
+            self.rounds.start_auto()
+
+    def _refresh_loop(self) -> None:
+        """Re-sign the live announcement before it expires, so agents that join late still accept it."""
+        while not self._stop.wait(3600.0):
+            try:
+                self.publishing.publisher.refresh(self.publishing.config.model_name)
+            except Exception:
+                log.exception("announcement refresh failed; retrying in an hour")
 
     def _hash_loop(self) -> None:
         """Perceptual hashes for near-duplicate clusters, computed after ingest, off its critical path."""
@@ -53,6 +88,15 @@ class Service:
         if self._hasher:
             self._hasher.join(30)
             self._hasher = None
+        if self.rounds:
+            self.rounds.close()
+            self.rounds = None
+        if self.publishing:
+            self.publishing.close()
+            self.publishing = None
+        if self.registry:
+            self.registry.close()
+            self.registry = None
         if self.collector:
             self.collector.stop()
             self.collector = None

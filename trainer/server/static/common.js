@@ -52,11 +52,13 @@ const edgeloop = (() => {
     return data;
   }
 
-  // h("div.panel", {onclick}, child, "text", [more])
+  // h("div.panel", {onclick}, child, "text", [more]); h("table.grid#id") sets the id too
   function h(tag, attrs, ...children) {
-    const [name, ...classes] = tag.split(".");
+    const [spec, id] = tag.split("#");
+    const [name, ...classes] = spec.split(".");
     const node = document.createElement(name || "div");
     if (classes.length) node.className = classes.join(" ");
+    if (id) node.id = id;
     if (attrs && (typeof attrs !== "object" || attrs instanceof Node || Array.isArray(attrs))) {
       children.unshift(attrs);
       attrs = null;
@@ -129,5 +131,29 @@ const edgeloop = (() => {
     return t.tagName === "SELECT" || t.tagName === "TEXTAREA" || t.isContentEditable;
   }
 
-  return { api, ApiError, h, fill, append, pct, ago, when, colorFor, typing, toLogin };
+  // Corrected examples since the last round against the batch size (review and models pages).
+  async function showProgress(node) {
+    try {
+      const p = await api("/api/progress");
+      const n = p.corrected_since_last_round;
+      const target = p.batch_size || p.batch_min;
+      const scale = Math.max(p.batch_max, n, 1);
+      const done = n >= target;
+      fill(node,
+        h("div.progress-line", h("span", h("b", String(n)), ` of ${target} corrected since the last round`),
+          h("span.muted", `batch ${p.batch_min}–${p.batch_max}`)),
+        h(`div.bar${done ? ".ok" : ""}`, { title: `${n} corrected; the next round trains on ${target}` },
+          h("span.target", { style: { left: `${100 * p.batch_min / scale}%`,
+                                      width: `${100 * (p.batch_max - p.batch_min) / scale}%` } }),
+          h("i", { style: { width: `${Math.min(100, 100 * n / scale)}%` } })),
+        h("div.muted", { style: { fontSize: "12px", marginTop: "6px" } },
+          done ? "Enough corrected examples for the next training round." : `${target - n} more before the next round.`));
+      return p;
+    } catch (err) {
+      if (err.status !== 401) fill(node, h("span.muted", "progress unavailable"));
+      return null;
+    }
+  }
+
+  return { api, ApiError, h, fill, append, pct, ago, when, colorFor, typing, toLogin, showProgress };
 })();

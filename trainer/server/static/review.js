@@ -277,29 +277,13 @@
       ["agent", item.agent_id], ["camera", item.camera_id],
       ["model", [item.model_name, item.model_version].filter(Boolean).join(" · ")],
       ["captured", h("span", { title: when(item.captured_at) }, `${when(item.captured_at)} (${ago(item.captured_at)})`)],
-      ["item", h("span.mono", item.id)],
+      ["item", h("span", h("span.mono", item.id), " ",
+        h("a", { href: `/models?example=${encodeURIComponent(item.id)}`, title: "which models used it" }, "lineage"))],
     ]));
   }
 
-  async function refreshProgress() {
-    try {
-      const p = await api("/api/progress");
-      const n = p.corrected_since_last_round;
-      const target = p.batch_size || p.batch_min;
-      const scale = Math.max(p.batch_max, n, 1);
-      const done = n >= target;
-      fill($("progress"),
-        h("div.progress-line", h("span", h("b", String(n)), ` of ${target} corrected since the last round`),
-          h("span.muted", `batch ${p.batch_min}–${p.batch_max}`)),
-        h(`div.bar${done ? ".ok" : ""}`, { title: `${n} corrected; the next round trains on ${target}` },
-          h("span.target", { style: { left: `${100 * p.batch_min / scale}%`,
-                                      width: `${100 * (p.batch_max - p.batch_min) / scale}%` } }),
-          h("i", { style: { width: `${Math.min(100, 100 * n / scale)}%` } })),
-        h("div.muted", { style: { fontSize: "12px", marginTop: "6px" } },
-          done ? "Enough corrected examples for the next training round." : `${target - n} more before the next round.`));
-    } catch (err) {
-      if (err.status !== 401) fill($("progress"), h("span.muted", "progress unavailable"));
-    }
+  function refreshProgress() {
+    return edgeloop.showProgress($("progress"));
   }
 
   let flashTimer = null;
