@@ -21,9 +21,11 @@ ROOT = f"edgeloop/v{PROTOCOL_MAJOR}"
 
 # Ids appear inside topics, so they must not contain MQTT wildcards or
 # separators. The same rule applies to agent, camera and model names.
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" would accept a trailing newline
+# The same rule for JSON-schema and pydantic patterns (their "$" is the end of the text; they have no \Z).
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Frame ids are unique across the fleet: "<agent>.<camera>.<counter or uuid>".
-FRAME_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,191}$")
+FRAME_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,191}\Z")
 
 
 @dataclass(frozen=True)

@@ -158,3 +158,9 @@ def test_announcement_url_and_signature_length():
         encode(fx.announcement(url="file:///etc/passwd"))
     with pytest.raises(ProtocolError):
         encode(fx.announcement(signature=b"short"))
+
+
+def test_ids_refuse_a_trailing_newline():
+    with pytest.raises(ProtocolError):
+        sample_topic("cam-1\n", "gate")
+    assert _reason(S_TOPIC, _repack(fx.sample(), frame_id="a.b.1\n")) == "bad_field"

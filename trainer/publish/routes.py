@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.manifest import Cohort
-from protocol.topics import ID_RE
+from protocol.topics import ID_PATTERN
 
 from .lineage import example_lineage
 from .mqttlink import MqttError
@@ -35,7 +35,7 @@ from .registry import ModelNotFound, ModelRecord, Registry, RegistryError
 
 log = logging.getLogger(__name__)
 
-Name = Annotated[str, Path(pattern=ID_RE.pattern, description="the model name")]
+Name = Annotated[str, Path(pattern=ID_PATTERN, description="the model name")]
 Version = Annotated[int, Path(ge=1, le=2**31, description="the model version")]
 router = APIRouter(tags=["models"])
 
@@ -96,8 +96,8 @@ class CohortIn(BaseModel):
 
     stage: str = Field("fleet", pattern="^(canary|fleet)$")
     percent: int = Field(0, ge=0, le=100)
-    agents: list[Annotated[str, Field(pattern=ID_RE.pattern)]] = Field(default_factory=list, max_length=10000)
-    groups: list[Annotated[str, Field(pattern=ID_RE.pattern)]] = Field(default_factory=list, max_length=256)
+    agents: list[Annotated[str, Field(pattern=ID_PATTERN)]] = Field(default_factory=list, max_length=10000)
+    groups: list[Annotated[str, Field(pattern=ID_PATTERN)]] = Field(default_factory=list, max_length=256)
 
     def cohort(self) -> Cohort:
         return Cohort(self.stage, self.percent, tuple(self.agents), tuple(self.groups))
@@ -151,7 +151,7 @@ def api_router(require_user: Callable[..., str] | None = None) -> APIRouter:
 
     @api.get("", summary="every registered model, newest first")
     def list_models(registry: RegistryDep,
-                    name: Annotated[str | None, Query(pattern=ID_RE.pattern)] = None) -> list[dict[str, Any]]:
+                    name: Annotated[str | None, Query(pattern=ID_PATTERN)] = None) -> list[dict[str, Any]]:
         return [_model(m) for m in registry.models(name)]
 
     @api.get("/by-example/{example_id}", summary="lineage of an example: who sampled and labelled it, "
