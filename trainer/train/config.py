@@ -40,6 +40,9 @@ class AugmentConfig(_Strict):
     noise_sigma: float = Field(0.03, ge=0, le=0.5)
     erase: float = Field(0.25, ge=0, le=1)  # probability of a random occluder
     custom: tuple[str, ...] = ()  # entry-point names or "module:function" factories
+    # Classification without custom steps: augment whole batches on the device
+    # (trainer.train.batch_augment), far cheaper than per-image transforms.
+    batched: bool = True
 
     @model_validator(mode="after")
     def _scale_order(self) -> "AugmentConfig":
@@ -80,14 +83,17 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     seed: int = 0
     patience: int = Field(6, ge=1)  # early stop after this many epochs without a better val loss
-    overfit_epochs: int = Field(3, ge=2)  # N epochs of train loss down while val loss up
+    overfit_epochs: int = Field(4, ge=2)  # N epochs of train loss down while val loss up
+    overfit_margin: float = Field(0.1, ge=0)  # ...ending this much (relative) above the best val loss
     min_delta: float = Field(1e-4, ge=0)
     full_retrain: bool = False
     new_weight: float = Field(3.0, ge=1.0)  # sampling weight of examples added this round
     balance: Literal["sampler", "loss", "none"] = "sampler"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # only used on CUDA
-    num_workers: int = Field(0, ge=0, le=64)
+    # Augmentation runs in worker processes so it overlaps the model's compute;
+    # "auto" is one worker when there are two or more cores.
+    num_workers: int | Literal["auto"] = "auto"
     cache_images: bool = True  # decode and resize each image once per round
     splits: SplitConfig = SplitConfig()
     augment: AugmentConfig = AugmentConfig()

@@ -49,14 +49,16 @@ class TinyDet(nn.Module):
 
     def dense(self, images: Tensor) -> tuple[Tensor, Tensor]:
         logits, boxes, _ = self._raw(images)
-        h, w = images.shape[-2:]
-        scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
+        h, w = images.shape[-2], images.shape[-1]
+        scale = torch.stack([boxes.new_tensor(1.0) * w, boxes.new_tensor(1.0) * h] * 2)
         return (boxes / scale).clamp(0.0, 1.0), logits.sigmoid()
 
     def forward(self, images: Tensor | list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         if isinstance(images, (list, tuple)):
             images = torch.stack(list(images))
         logits, boxes, centers = self._raw(images)
+        # Under CUDA autocast the heads run in bfloat16; assignment and losses need float32.
+        logits, boxes, centers = logits.float(), boxes.float(), centers.float()
         if targets is not None:
             return self._loss(logits, boxes, centers, targets)
         return self._postprocess(logits.sigmoid(), boxes, images.shape[-2:])

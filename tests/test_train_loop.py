@@ -1,0 +1,54 @@
+"""Pure parts of the training loop: the learning-rate schedule and the overfitting rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.train.loop import EpochStats, is_overfitting, lr_at
+
+
+def history(pairs):
+    return [EpochStats(i, loss, val, 1e-3, 1.0, 10) for i, (loss, val) in enumerate(pairs)]
+
+
+def test_overfitting_needs_n_epochs_of_rising_val_loss_with_train_loss_down():
+    climbing = history([(1.0, 1.0), (0.8, 0.9), (0.6, 1.0), (0.5, 1.1), (0.4, 1.2)])
+    assert is_overfitting(climbing, 3)
+    assert not is_overfitting(climbing[:4], 3)  # only two rises so far
+    # train loss jitters near zero: still overfitting, it fell across the window
+    jitter = history([(0.30, 0.9), (0.05, 1.0), (0.06, 1.1), (0.04, 1.3)])
+    assert is_overfitting(jitter, 3)
+    # both rising is divergence, not overfitting
+    assert not is_overfitting(history([(0.5, 0.9), (0.6, 1.0), (0.7, 1.1), (0.8, 1.2)]), 3)
+    # one dip in val loss resets it
+    assert not is_overfitting(history([(1.0, 1.0), (0.8, 1.1), (0.6, 1.05), (0.5, 1.2)]), 3)
+    assert not is_overfitting(history([(1.0, None), (0.8, None), (0.6, None), (0.5, None)]), 3)
+    # a small validation set wobbling at its minimum is not overfitting...
+    wobble = history([(1.0, 1.0), (0.5, 0.300), (0.3, 0.301), (0.25, 0.303), (0.2, 0.305)])
+    assert not is_overfitting(wobble, 3)
+    # ...unless the margin is set to zero and the rise clears the 0.01 floor
+    assert is_overfitting(history([(1.0, 1.0), (0.5, 0.30), (0.3, 0.305), (0.25, 0.31), (0.2, 0.32)]), 3, margin=0)
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth():
+    assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
+    values = [lr_at(s, 100, 1.0, 10) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_a_diverging_loss_fails_the_round_with_advice(tmp_path):
+    import numpy as np
+
+    from trainer.synthetic import get_generator
+    from trainer.train.config import TrainConfig
+    from trainer.train.errors import TrainingError
+    from trainer.train.round import run_round
+
+    examples = get_generator("shapes").generate(45, np.random.default_rng(0), tmp_path / "img")
+    cfg = TrainConfig(input_size=16, epochs=2, batch_size=16, lr=1e12, num_workers=0, export={"enabled": False})
+    with pytest.raises(TrainingError, match="lower the learning rate"):
+        run_round(examples, cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / "model.pt").exists()

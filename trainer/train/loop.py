@@ -1,0 +1,254 @@
+"""The training loop: flat and readable (nanoGPT style).
+
+``fit`` trains a model on a loader, measures val loss every epoch, keeps the
+best weights, stops early when val loss stops improving and reports
+overfitting (train loss falling while val loss rises for N epochs in a row).
+Progress goes to a callback, cancellation comes from another; both are
+checked inside the loop so a server can show live curves and stop a round.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from trainer.train.errors import RoundCancelled, TrainingError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    loss: float
+    val_loss: float | None
+    lr: float
+    seconds: float
+    images: int
+
+
+@dataclass
+class FitResult:
+    history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+    stop_reason: str = "completed"  # completed | early_stopping | overfitting
+    overfit: bool = False
+    overfit_epoch: int | None = None
+    train_images_per_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["best_val_loss"] = None if math.isinf(self.best_val_loss) else self.best_val_loss
+        return d
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    epochs: int
+    lr: float
+    weight_decay: float
+    patience: int
+    overfit_epochs: int
+    min_delta: float
+    amp: bool
+    overfit_margin: float = 0.1
+    warmup_steps: int = 20
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warmup then cosine decay to a tenth of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+class Normalizer:
+    """[0, 1] images -> model input, on the device, for a whole batch at once."""
+
+    def __init__(self, mean, std, device: torch.device):
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.device = device
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return (images.to(self.device, non_blocking=True) - self.mean) / self.std
+
+
+def _to_device(targets, device):
+    if isinstance(targets, Tensor):
+        return targets.to(device, non_blocking=True)
+    return [{k: v.to(device) for k, v in t.items()} for t in targets]
+
+
+def compute_loss(model: nn.Module, images: Tensor, targets, task: str, criterion: nn.Module | None) -> Tensor:
+    if task == "classification":
+        return criterion(model(images), targets)
+    return sum(model(images, targets).values())
+
+
+def _loss_mode(model: nn.Module, training: bool) -> None:
+    """Detectors only return losses in train mode; for validation keep BN and dropout frozen."""
+    model.train()
+    if not training:
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
+                m.eval()
+
+
+@torch.no_grad()
+def evaluate_loss(model, loader, task, norm: Normalizer, criterion, amp: bool) -> float | None:
+    total, n = 0.0, 0
+    _loss_mode(model, training=False)
+    for images, targets in loader:
+        with torch.autocast(norm.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = compute_loss(model, norm(images), _to_device(targets, norm.device), task, criterion)
+        total += float(loss) * len(images)
+        n += len(images)
+    return total / n if n else None
+
+
+def fit(model: nn.Module, train_loader, val_loader, task: str, opts: FitOptions, device: torch.device,
+        norm: Normalizer, class_weights: Tensor | None = None,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        batch_augment: Callable[[Tensor], Tensor] | None = None) -> tuple[FitResult, dict]:
+    """Train and return the result and the best weights (a state dict on the CPU).
+
+    ``batch_augment`` runs on each training batch on the device, before normalization.
+    """
+    amp = opts.amp and device.type == "cuda"
+    model.to(device)
+    criterion = nn.CrossEntropyLoss(weight=None if class_weights is None else class_weights.to(device))
+    val_criterion = nn.CrossEntropyLoss()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    total_steps = opts.epochs * max(1, len(train_loader))
+    result, best_state, step, since_best, train_time, train_images = FitResult(), None, 0, 0, 0.0, 0
+    for epoch in range(opts.epochs):
+        t0 = time.perf_counter()
+        _loss_mode(model, training=True)
+        running, seen = 0.0, 0
+        batches = _fetch_single_threaded(train_loader)
+        for images, targets in tqdm(batches, total=len(train_loader), desc=f"epoch {epoch + 1}/{opts.epochs}",
+                                    leave=False, disable=None):
+            if should_cancel is not None and should_cancel():
+                raise RoundCancelled(f"cancelled during epoch {epoch + 1}")
+            lr = lr_at(step, total_steps, opts.lr, min(opts.warmup_steps, total_steps // 5))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if batch_augment is not None:
+                images = batch_augment(images.to(device, non_blocking=True))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = compute_loss(model, norm(images), _to_device(targets, device), task, criterion)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 10.0)
+            optimizer.step()
+            running += float(loss.detach()) * len(images)
+            seen += len(images)
+            step += 1
+        train_time += time.perf_counter() - t0
+        train_images += seen
+        val_loss = evaluate_loss(model, val_loader, task, norm, val_criterion, amp) if val_loader else None
+        stats = EpochStats(epoch, running / max(1, seen), val_loss, lr, time.perf_counter() - t0, seen)
+        if not math.isfinite(stats.loss):
+            raise TrainingError(f"the training loss became {stats.loss} in epoch {epoch + 1}: lower the learning "
+                                f"rate (now {opts.lr}) or check the labels")
+        result.history.append(stats)
+        log.info("epoch %d/%d: loss %.4f, val loss %s, %.1f s", epoch + 1, opts.epochs, stats.loss,
+                 "-" if val_loss is None else f"{val_loss:.4f}", stats.seconds)
+        if on_epoch is not None:
+            on_epoch(stats)
+        # Without a validation split, the train loss is the only signal we have.
+        watched = val_loss if val_loss is not None else stats.loss
+        if watched < result.best_val_loss - opts.min_delta:
+            result.best_val_loss, result.best_epoch, since_best = watched, epoch, 0
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+        if is_overfitting(result.history, opts.overfit_epochs, opts.overfit_margin):
+            result.overfit, result.overfit_epoch, result.stop_reason = True, epoch, "overfitting"
+            break
+        if since_best >= opts.patience:
+            result.stop_reason = "early_stopping"
+            break
+    result.train_images_per_s = train_images / train_time if train_time > 0 else 0.0
+    if best_state is None:
+        best_state = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
+    return result, best_state
+
+
+def _fetch_single_threaded(loader):
+    """Yield the loader's batches, building them with one intra-op thread when in this process.
+
+    Augmentation is many tiny tensor ops: spread over threads they spend more
+    time synchronizing than computing, and on a busy machine far more.
+    Workers already run single-threaded.
+    """
+    it = iter(loader)
+    threads = torch.get_num_threads()
+    heavy = getattr(loader.dataset, "per_image_augment", True)  # nothing to gain (and a pool resize to pay) if not
+    in_process = heavy and getattr(loader, "num_workers", 0) == 0 and threads > 1
+    while True:
+        if in_process:
+            torch.set_num_threads(1)
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        finally:
+            if in_process:
+                torch.set_num_threads(threads)
+        yield batch
+
+
+def is_overfitting(history: list[EpochStats], n: int, margin: float = 0.1) -> bool:
+    """Val loss rose in each of the last ``n`` epochs, to clearly above its best, while train loss fell.
+
+    Train loss is compared across the window rather than epoch by epoch: near
+    zero it jitters with the batch order, and that jitter must not hide a val
+    loss that climbs steadily. The climb must end ``margin`` (relative, and at
+    least 0.01) above the best val loss before it, so a small validation set
+    wobbling at its minimum is not called overfitting.
+    """
+    if len(history) < n + 1:
+        return False
+    window = history[-(n + 1):]
+    if any(h.val_loss is None for h in window):
+        return False
+    val_rising = all(b.val_loss > a.val_loss for a, b in zip(window, window[1:]))
+    best = min(h.val_loss for h in history[:-n] if h.val_loss is not None)
+    clear = window[-1].val_loss - best >= max(margin * best, 0.01)
+    return val_rising and clear and window[-1].loss < window[0].loss
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, task: str, norm: Normalizer) -> tuple[list, list]:
+    """Classification: (predicted indices, true indices); detection: (predictions, targets) on the CPU."""
+    model.eval()
+    preds, truths = [], []
+    for images, targets in loader:
+        out = model(norm(images))
+        if task == "classification":
+            preds += out.argmax(1).cpu().tolist()
+            truths += targets.tolist()
+        else:
+            preds += [{k: v.float().cpu() for k, v in o.items()} for o in out]
+            truths += list(targets)
+    return preds, truths
