@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from protocol.errors import ProtocolError
 from protocol.manifest import load_public_key
-from protocol.topics import ID_RE
+from protocol.topics import ID_PATTERN, ID_RE
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "password", "secret", "xxx"}
 
@@ -37,7 +37,7 @@ class _Strict(BaseModel):
 
 def _check_id(v: str) -> str:
     if not ID_RE.match(v):
-        raise ValueError(f"must match {ID_RE.pattern}")
+        raise ValueError(f"must match {ID_PATTERN}")
     return v
 
 
@@ -70,6 +70,7 @@ class SyntheticConfig(_Strict):
     fps: float = Field(0.0, ge=0, le=1000)  # 0: as fast as the consumer takes frames
     frames: int = Field(0, ge=0)  # 0: endless
     drift_per_frame: float = Field(0.0, ge=0, le=1)  # how fast backgrounds and shapes change style
+    max_shapes: int = Field(3, ge=1, le=8)  # shapes per scene; the largest is the classification label
 
 
 class CameraConfig(_Strict):

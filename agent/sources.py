@@ -161,7 +161,7 @@ class _Reader:
         self.index = 0
         if kind == "synthetic":
             s = cfg.synthetic
-            self.synthetic = SyntheticCamera(s.seed, s.width, s.height, s.drift_per_frame)
+            self.synthetic = SyntheticCamera(s.seed, s.width, s.height, s.drift_per_frame, max_shapes=s.max_shapes)
             return
         if kind == "folder":
             folder = Path(cfg.source)

@@ -51,15 +51,31 @@ def _background(rng: np.random.Generator, w: int, h: int, drift: float) -> np.nd
     return np.clip(img, 0, 255).astype(np.uint8)  # (1 or h, w, 3): the caller broadcasts
 
 
-def _draw(img: np.ndarray, shape: Shape, color: tuple[int, int, int]) -> None:
+def _outline(kind: str, cx: int, cy: int, r: int, variant: bool) -> np.ndarray | None:
+    """Polygon points of a square or triangle; the variant is a diamond or a downward triangle."""
+    if kind == "square":
+        if variant:
+            return np.array([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], np.int32)
+        return np.array([(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)], np.int32)
+    if kind == "triangle":
+        if variant:
+            return np.array([(cx, cy + r), (cx - r, cy - r), (cx + r, cy - r)], np.int32)
+        return np.array([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], np.int32)
+    return None
+
+
+def _draw(img: np.ndarray, shape: Shape, color: tuple[int, int, int], variant: bool = False) -> None:
+    """A solid shape; the drifted variant is hollow and turned (a new look of the same class)."""
     h, w = img.shape[:2]
     cx, cy, r = int(shape.cx * w), int(shape.cy * h), max(2, int(shape.size * min(w, h) / 2))
-    if shape.kind == "circle":
-        cv2.circle(img, (cx, cy), r, color, -1, cv2.LINE_AA)
-    elif shape.kind == "square":
-        cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), color, -1)
+    thickness = max(2, r // 4) if variant else -1
+    pts = _outline(shape.kind, cx, cy, r, variant)
+    if pts is None:
+        axes = (r, max(2, r * 2 // 3)) if variant else (r, r)
+        cv2.ellipse(img, (cx, cy), axes, 0, 0, 360, color, thickness, cv2.LINE_AA)
+    elif variant:
+        cv2.polylines(img, [pts], True, color, thickness, cv2.LINE_AA)
     else:
-        pts = np.array([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], np.int32)
         cv2.fillPoly(img, [pts], color, cv2.LINE_AA)
 
 
@@ -73,9 +89,13 @@ def render_scene(rng: np.random.Generator, width: int, height: int, drift: float
         size = float(rng.uniform(0.35, 0.6)) if i == 0 else float(rng.uniform(0.1, 0.25))
         shapes.append(Shape(SHAPES[int(rng.integers(len(SHAPES)))], float(rng.uniform(0.25, 0.75)),
                             float(rng.uniform(0.25, 0.75)), size))
+    # Drift also changes how objects look, not only the light: more and more of
+    # them are a new variant (hollow, turned: a new product line, say), which a
+    # model that only saw the solid originals has never learned.
+    variant = drift > 0 and rng.random() < 0.8 * min(drift, 1.0)
     for s in reversed(shapes):  # the large one last, so it stays visible
         color = rng.integers(0, 256, 3) + np.array([-60, 80, 20]) * drift
-        _draw(img, s, tuple(int(c) for c in np.clip(color, 0, 255)))
+        _draw(img, s, tuple(int(c) for c in np.clip(color, 0, 255)), variant)
     if drift > 0:
         k = 1 + 2 * int(min(drift, 1.0) * 3)
         img = cv2.GaussianBlur(img, (k, k), 0)
@@ -86,8 +106,9 @@ class SyntheticCamera:
     """Frame ``i`` is a pure function of (seed, i): scenes change every ``hold`` frames."""
 
     def __init__(self, seed: int = 0, width: int = 320, height: int = 240, drift_per_frame: float = 0.0,
-                 hold: int = 5, noise: float = 3.0) -> None:
+                 hold: int = 5, noise: float = 3.0, max_shapes: int = 3) -> None:
         self.seed = seed
+        self.max_shapes = max_shapes
         self.width = width
         self.height = height
         self.drift_per_frame = drift_per_frame
@@ -100,7 +121,7 @@ class SyntheticCamera:
         if self._scene is None or self._scene[0] != scene_no:
             rng = np.random.default_rng([self.seed, scene_no])
             drift = min(1.0, scene_no * self.hold * self.drift_per_frame)
-            img, shapes = render_scene(rng, self.width, self.height, drift)
+            img, shapes = render_scene(rng, self.width, self.height, drift, self.max_shapes)
             self._scene = (scene_no, img, shapes)
         _, img, shapes = self._scene
         if self.noise > 0:

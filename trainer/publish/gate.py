@@ -27,7 +27,7 @@ class GateConfig(BaseModel):
     metric: Literal["auto", "accuracy", "map", "map_50"] = "auto"
     min_gain: float = Field(0.0, ge=-1.0, le=1.0)  # candidate - current must be >= this
     max_class_drop: float = Field(0.10, ge=0.0, le=1.0)  # per-class recall / AP, absolute
-    min_class_support: int = Field(1, ge=0)  # classes with fewer test examples are not judged
+    min_class_support: int = Field(5, ge=0)  # classes with fewer test examples are not judged (too noisy)
     refuse_overfit: bool = True
 
 

@@ -27,6 +27,8 @@ from typing import Callable
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainer.publish.gate import GateConfig, GateDecision, decide as gate_decide
+
+from .evaluate import same_split_metrics
 from trainer.publish.registry import ModelRecord, NewModel, Registry
 
 from . import trigger
@@ -39,7 +41,7 @@ class RoundsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model_name: str = Field("model", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    work_dir: Path  # one folder per round: checkpoints, ONNX, report
+    work_dir: Path | None = None  # one folder per round: checkpoints, ONNX, report (server: <data_dir>/rounds)
     train: dict = Field(default_factory=dict)  # trainer.train.config.TrainConfig as a dict
     gate: GateConfig = GateConfig()
     auto_start: bool = True  # start a round when the batch of corrections is reached
@@ -90,6 +92,7 @@ class RoundManager:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._done = threading.Event()
+        self._examples: dict[int, list] = {}  # round id -> its snapshot, for the same-split gate
         self._recover()
 
     def _recover(self) -> None:
@@ -148,12 +151,15 @@ class RoundManager:
             round_id = self.store.write(lambda db: db.execute(
                 "INSERT INTO rounds (started, state, detail) VALUES (?, 'running', ?)",
                 [started, json.dumps({"reason": reason, "examples": len(examples)})]).lastrowid)
+            if self.config.work_dir is None:
+                raise ValueError("RoundsConfig.work_dir is not set")
             out_dir = Path(self.config.work_dir) / f"round-{round_id:04d}"
             spec = RoundSpec(round_id=round_id, examples=examples, config=dict(self.config.train),
                              out_dir=str(out_dir), name=name, version=self.registry.latest_version(name) + 1,
                              parent=current.checkpoint_path if current and current.checkpoint_path else None,
                              existing_splits={e.id: e.split for e in examples if e.split})
             self._done.clear()
+            self._examples = {round_id: examples}
             try:
                 self.worker.start(spec)
             except BaseException as e:
@@ -224,7 +230,8 @@ class RoundManager:
             report_path=r["report"].get("record", ""),
             checkpoint=Path(r["checkpoint"]), examples=r["splits"]))
         t1 = time.perf_counter()
-        decision = self.judge(record, current)
+        test = [e for e in self._examples.pop(outcome.round_id, []) if r["splits"].get(e.id) == "test"]
+        decision = self.judge(record, current, test)
         timings = {"register": t1 - t0, "gate": time.perf_counter() - t1}
         if not decision.publish:
             self.registry.set_state(name, record.version, "rejected", "; ".join(decision.reasons)[:1000],
@@ -238,6 +245,19 @@ class RoundManager:
         return RoundReport(outcome.round_id, "done", record.version, decision, rollout_started=started,
                            timings=timings)
 
-    def judge(self, candidate: ModelRecord, current: ModelRecord | None) -> GateDecision:
-        return gate_decide(candidate.metrics, current.metrics if current else None, candidate.per_class,
-                           current.per_class if current else None, candidate.overfit, self.config.gate)
+    def judge(self, candidate: ModelRecord, current: ModelRecord | None, test: list | None = None) -> GateDecision:
+        """The gate, with both models scored on the candidate's frozen test split when it is known.
+
+        Each round's own metrics come from its own test split, which grows with
+        new data; comparing those would compare different exams. So both ONNX
+        files are run again, through the agents' runtime, on the same examples.
+        """
+        if current is None or not test or not Path(current.file_path).is_file():
+            return gate_decide(candidate.metrics, current.metrics if current else None, candidate.per_class,
+                               current.per_class if current else None, candidate.overfit, self.config.gate)
+        cand, cur = same_split_metrics(candidate.file_path, current.file_path, test, candidate.labels,
+                                       candidate.task)
+        log.info("gate on %d test examples: candidate v%d %s, fleet v%d %s", len(test), candidate.version,
+                 {k: v for k, v in cand.items() if k != "per_class"}, current.version,
+                 {k: v for k, v in cur.items() if k != "per_class"})
+        return gate_decide(cand, cur, cand["per_class"], cur["per_class"], candidate.overfit, self.config.gate)

@@ -5,6 +5,13 @@
 (() => {
   const form = document.getElementById("login-form");
   const errorBox = document.getElementById("login-error");
+  // `edgeloop demo` prints /login#token=...: a fragment never reaches the server or its logs.
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromHash) {
+    history.replaceState(null, "", location.pathname + location.search);
+    document.getElementById("token").value = fromHash;
+    setTimeout(() => form.requestSubmit(), 0);
+  }
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     errorBox.classList.add("hidden");

@@ -1,0 +1,68 @@
+"""`edgeloop demo`: the whole loop on one machine, with embedded defaults.
+
+A broker (mosquitto when installed, else the embedded amqtt), the server with
+its review UI, SQLite under a data folder, agents on synthetic cameras that
+drift away from what the first model saw, and that first model, trained on a
+few dozen synthetic frames. ``--auto-label`` lets an oracle answer the error
+queue; ``--headless --rounds N --json FILE`` runs N rounds unattended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from .layout import DemoConfig
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=Path("./edgeloop-data"),
+                        help="data folder (default ./edgeloop-data); a second run resumes from it")
+    parser.add_argument("--agents", type=int, default=2, help="number of agent processes (default 2)")
+    parser.add_argument("--source", help="a real camera, stream or video for the agents instead of the synthetic "
+                                         "drifting camera (USB index, rtsp://, http://, a file or a folder)")
+    parser.add_argument("--auto-label", action="store_true",
+                        help="let an oracle label the error queue (synthetic cameras only)")
+    parser.add_argument("--headless", action="store_true", help="no prompt: run --rounds rounds, then stop")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds to run in --headless mode (default 2)")
+    parser.add_argument("--json", type=Path, dest="json_out", help="write the headless summary to this file")
+    parser.add_argument("--port", type=int, default=8080, help="HTTP port of the review UI (0: a free port)")
+    parser.add_argument("--broker-port", type=int, default=0, help="MQTT port (default: a free port)")
+    parser.add_argument("--batch-size", type=int, default=30, help="corrections per training round (30-50)")
+    parser.add_argument("--fps", type=float, default=15.0, help="frames per second of each synthetic camera")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic cameras and the training")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 30 <= args.batch_size <= 50:
+        print("--batch-size must be between 30 and 50", file=sys.stderr)
+        return 2
+    if args.agents < 1:
+        print("--agents must be at least 1", file=sys.stderr)
+        return 2
+    from .runner import Demo, DemoError, write_json
+
+    cfg = DemoConfig(data=args.data, agents=args.agents, source=args.source, auto_label=args.auto_label,
+                     headless=args.headless, rounds=args.rounds, json_out=args.json_out, http_port=args.port,
+                     broker_port=args.broker_port, batch_size=args.batch_size, camera_fps=args.fps, seed=args.seed)
+    demo = Demo(cfg)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: demo.stop.set())
+    try:
+        demo.up()
+        if cfg.headless:
+            summary = demo.run_headless()
+            if cfg.json_out:
+                write_json(cfg.json_out, summary)
+                print(f"summary written to {cfg.json_out}", flush=True)
+        else:
+            demo.run_interactive()
+    except DemoError as e:
+        print(f"demo failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping...", flush=True)
+        demo.down()
+    return 0

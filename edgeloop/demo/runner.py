@@ -1,0 +1,241 @@
+"""Bring the whole loop up in one process tree, run it, and take it down cleanly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+
+from edgeloop.broker import LocalBroker, free_port
+
+from .configs import agent_config_text, server_config
+from .fleet import AgentProcesses
+from .layout import CAMERA_H, CAMERA_W, LABELS, MAX_SHAPES, MODEL_NAME, DemoConfig, Layout, agent_id, ensure_keys, ensure_token
+from .oracle import Oracle
+
+log = logging.getLogger(__name__)
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def initial_examples(n: int, seed: int) -> list:
+    """Frames of a drift-0 synthetic camera with their true labels: the first model's data."""
+    from agent.synthetic import SyntheticCamera
+    from trainer.store import new_example
+
+    camera = SyntheticCamera(seed * 7919 + 17, CAMERA_W, CAMERA_H, 0.0, hold=1, max_shapes=MAX_SHAPES)
+    out = []
+    for i in range(n):
+        frame = camera.frame(i)
+        ok, buf = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise DemoError("could not encode a synthetic frame")
+        out.append(new_example(buf.tobytes(), label=frame.label, source="synthetic", origin=f"demo-seed:{seed}:{i}",
+                               labeled_by="synthetic"))
+    return out
+
+
+def stream_accuracy(model_path: str, seed: int, n: int = 150) -> float:
+    """Top-1 accuracy of a model on frames of the fully drifted stream, run as an agent runs it."""
+    from agent.model import ModelRunner
+    from agent.synthetic import SyntheticCamera
+
+    runner = ModelRunner.load(Path(model_path), ["cpu"])
+    camera = SyntheticCamera(seed * 104729 + 5, CAMERA_W, CAMERA_H, 1.0, hold=1, max_shapes=MAX_SHAPES)
+    right = 0
+    for i in range(1, n + 1):  # frame 0 is undrifted
+        frame = camera.frame(i)
+        pred = runner.infer(frame.image)
+        right += pred.labels[int(pred.scores.argmax())] == frame.label
+    return right / n
+
+
+@dataclass
+class Demo:
+    cfg: DemoConfig
+    layout: Layout = field(init=False)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.layout = Layout(self.cfg.data.resolve())
+        self.broker: LocalBroker | None = None
+        self.server = None
+        self.agents = AgentProcesses()
+        self.oracle: Oracle | None = None
+
+    # -- up ---------------------------------------------------------------------
+    def up(self) -> None:
+        from trainer.server.embedded import EmbeddedServer
+
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per oracle request otherwise
+
+        cfg, layout = self.cfg, self.layout
+        layout.make()
+        ensure_keys(layout)
+        token = ensure_token(layout)
+        self.broker = LocalBroker(layout.broker, port=cfg.broker_port or None).start()
+        print(f"broker: {self.broker.kind} on {self.broker.host}:{self.broker.port}", flush=True)
+        http_port = cfg.http_port or free_port()
+        self.server = EmbeddedServer(server_config(cfg, layout, self.broker.port, http_port), token).start()
+        self.token = token
+        self.ensure_initial_model()
+        model_path = Path(self.registry.current(MODEL_NAME).file_path)
+        for i in range(cfg.agents):
+            d = layout.agent_dir(i)
+            d.mkdir(parents=True, exist_ok=True)
+            conf = d / "config.toml"
+            conf.write_text(agent_config_text(cfg, layout, i, self.broker.port, model_path))
+            self.agents.start(agent_id(i), conf, d / "agent.log")
+        if cfg.auto_label or cfg.headless:
+            if cfg.source:
+                print("--source: the oracle cannot know the true labels of a real camera; label in the browser",
+                      flush=True)
+            else:
+                self.oracle = Oracle(self.server.url, token, cfg.seed).start()
+        print(f"review UI: {self.server.url}login#token={token}\n  (or open {self.server.url}login and paste the "
+              f"token {token})", flush=True)
+
+    @property
+    def service(self):
+        return self.server.service
+
+    @property
+    def registry(self):
+        return self.service.registry
+
+    def ensure_initial_model(self) -> None:
+        """Train, gate and publish the first model from a few dozen synthetic frames, once per data folder."""
+        if self.registry.current(MODEL_NAME) is not None:
+            print(f"resuming: fleet model {MODEL_NAME} v{self.registry.current(MODEL_NAME).version}", flush=True)
+            return
+        store = self.service.store
+        added = store.add_examples(initial_examples(self.cfg.initial_examples, self.cfg.seed),
+                                   task="classification", labels=LABELS)
+        print(f"initial dataset: {added} synthetic examples; training the first model...", flush=True)
+        rounds = self.service.rounds
+        rounds.start_round("initial model")
+        rounds.wait()
+        report = rounds.last
+        if report is None or report.state != "done" or not report.rollout_started:
+            raise DemoError(f"the initial round did not produce a published model: {report}")
+        rounds.rollouts[-1].result(timeout=120)
+        record = self.registry.current(MODEL_NAME)
+        if record is None:
+            raise DemoError("the initial model was trained but is not the fleet model")
+        print(f"initial model v{record.version}: {_metric(record)[0]} {_metric(record)[1]:.3f} on its test split",
+              flush=True)
+
+    # -- rounds -------------------------------------------------------------------
+    def wait_for_round(self, after: int, timeout: float = 1800.0):
+        rounds = self.service.rounds
+        deadline = time.monotonic() + timeout
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            dead = self.agents.check()
+            if dead:
+                raise DemoError("an agent died:\n" + "\n".join(dead))
+            last = rounds.last  # set once a round is fully handled (registered, gated, rollout started)
+            if last is not None and last.round_id > after:
+                return last
+            self.stop.wait(0.5)
+        return None
+
+    def wait_agents_on(self, version: int, timeout: float = 180.0) -> int:
+        deadline = time.monotonic() + timeout
+        while not self.stop.is_set():
+            on = sum(1 for a in self.service.store.fleet()
+                     if a["agent_id"].startswith("demo-agent-") and a.get("model_version") == version)
+            if on >= self.cfg.agents or time.monotonic() > deadline:
+                return on
+            self.stop.wait(0.5)
+        return 0
+
+    def round_started(self, round_id: int) -> float:
+        row = self.service.store.db.read().execute("SELECT started FROM rounds WHERE id = ?", [round_id]).fetchone()
+        return float(row[0]) if row else time.time()
+
+    def summarize(self, report) -> dict:
+        entry = {"round": report.round_id, "state": report.state, "labels": 0, "metric": None, "metric_name": None,
+                 "model_version": report.version, "agents_updated": 0, "loop_seconds": None,
+                 "gate": report.gate.to_dict() if report.gate else None, "error": report.error}
+        if report.state != "done" or report.version is None:
+            return entry
+        record = self.registry.get(MODEL_NAME, report.version)
+        entry["metric_name"], entry["metric"] = _metric(record)
+        entry["labels"] = len(self.registry.examples_of(MODEL_NAME, report.version))
+        if report.rollout_started:
+            self.rounds_rollout_done(report)
+            entry["agents_updated"] = self.wait_agents_on(report.version)
+            entry["loop_seconds"] = round(time.time() - self.round_started(report.round_id), 1)
+        if not self.cfg.source:
+            entry["stream_accuracy"] = round(stream_accuracy(record.file_path, self.cfg.seed), 3)
+        return entry
+
+    def rounds_rollout_done(self, report, timeout: float = 180.0) -> None:
+        futures = self.service.rounds.rollouts
+        if futures:
+            try:
+                futures[-1].result(timeout=timeout)
+            except Exception as e:  # a halted rollout is a result, not a crash
+                log.warning("rollout of v%s: %s", report.version, e)
+
+    def run_headless(self) -> dict:
+        current = self.registry.current(MODEL_NAME)
+        summary = {"model": MODEL_NAME, "initial": {
+            "model_version": current.version, "metric_name": _metric(current)[0], "metric": _metric(current)[1],
+            **({} if self.cfg.source else {"stream_accuracy": round(stream_accuracy(current.file_path,
+                                                                                     self.cfg.seed), 3)})},
+            "rounds": []}
+        print(f"headless: {self.cfg.rounds} round(s) of {self.cfg.batch_size} labels each", flush=True)
+        after = self.service.rounds.last.round_id if self.service.rounds.last else 0
+        while len(summary["rounds"]) < self.cfg.rounds and not self.stop.is_set():
+            report = self.wait_for_round(after)
+            if report is None:
+                break
+            after = report.round_id
+            entry = self.summarize(report)
+            summary["rounds"].append(entry)
+            print("round " + json.dumps(entry), flush=True)
+        if self.oracle:
+            summary["oracle"] = {"labelled": self.oracle.labelled, "corrected": self.oracle.corrected}
+        return summary
+
+    def run_interactive(self) -> None:
+        after = self.service.rounds.last.round_id if self.service.rounds.last else 0
+        print("running; Ctrl-C stops everything (a second run resumes from the data folder)", flush=True)
+        while not self.stop.is_set():
+            report = self.wait_for_round(after, timeout=3600)
+            if report is not None:
+                after = report.round_id
+                print("round " + json.dumps(self.summarize(report)), flush=True)
+
+    # -- down -----------------------------------------------------------------------
+    def down(self) -> None:
+        if self.oracle:
+            self.oracle.stop()
+        self.agents.stop()
+        if self.server:
+            self.server.stop()
+        if self.broker:
+            self.broker.stop()
+
+
+def _metric(record) -> tuple[str, float]:
+    for name in ("accuracy", "map_50", "map"):
+        if name in record.metrics:
+            return name, float(record.metrics[name])
+    return "metric", float("nan")
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
