@@ -23,6 +23,8 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgeloop.files import atomic_write as edgeloop_atomic_write
+
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -48,13 +50,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    edgeloop_atomic_write(path, data)
 
 
 class ModelStore:

@@ -26,7 +26,12 @@ def agent_options() -> dict:
 
 
 @pytest.fixture
-def fleet(tmp_path, broker, agent_options):
+def fleet_size() -> int:
+    return AGENTS
+
+
+@pytest.fixture
+def fleet(tmp_path, broker, agent_options, fleet_size):
     files = keys.generate(tmp_path / "keys")
     registry = Registry(tmp_path / "data")
     app = FastAPI()
@@ -38,7 +43,7 @@ def fleet(tmp_path, broker, agent_options):
         svc = PublishingService.open(cfg, registry=registry)
         trusted = [load_public_key(files.public_b64)]
         agents = [SimAgent(f"agent-{i}", broker.host, broker.port, "m", trusted, **agent_options).start()
-                  for i in range(AGENTS)]
+                  for i in range(fleet_size)]
         assert all(a.wait_ready() for a in agents)
         v1 = register(registry, tmp_path, 1)
         svc.controller.publish("m", v1.version, Cohort("fleet"))  # what the agents already run
@@ -70,6 +75,20 @@ def test_canaries_first_then_the_whole_fleet(fleet):
     assert registry.get("m", 2).state == "fleet" and registry.current("m").version == 2
     stages = [p["stage"] for p in registry.publications("m", 2)]
     assert stages == ["canary", "fleet"]
+
+
+@pytest.mark.parametrize("fleet_size", [50])
+def test_staged_rollout_to_50_agents_completes(fleet, fleet_size):
+    svc, registry, agents, tmp_path = fleet
+    v2 = register(registry, tmp_path, 2)
+    result = svc.controller.roll_out("m", v2.version)
+    assert result.outcome == "fleet", result.reasons
+    assert len(result.canaries) >= 2
+    # Every one of the 50 downloaded, verified, loaded and reported the new version.
+    assert wait_until(lambda: all(a.version == 2 for a in agents), timeout=60), \
+        sorted(a.agent_id for a in agents if a.version != 2)
+    assert all(a.refused == [] for a in agents)
+    assert len(agents) == 50
 
 
 def test_failing_canaries_halt_and_roll_back_while_others_never_install(fleet):

@@ -80,8 +80,8 @@ def test_without_rounds_or_publish_the_page_says_so(client: TestClient) -> None:
     assert "Training rounds are off on this server" in html and "Publishing is off on this server" in html
     assert re.search(r'id="btn-start-round" disabled', html)
     # What the page's scripts then meet: the API says why, and they show it.
-    assert client.get("/api/models/rounds").status_code == 503
-    assert client.get("/api/models").status_code == 503
+    assert client.get("/api/models/rounds").status_code == 404
+    assert client.get("/api/models").status_code == 404
 
 
 def test_rounds_config_reaches_the_page(tmp_path: Path) -> None:

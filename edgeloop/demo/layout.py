@@ -13,10 +13,11 @@ first stopped.
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+from edgeloop.files import atomic_write
 
 MODEL_NAME = "shapes"
 LABELS = ("circle", "square", "triangle")
@@ -86,13 +87,7 @@ def camera_seed(seed: int, i: int) -> int:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data, 0o600)
 
 
 def ensure_keys(layout: Layout) -> None:

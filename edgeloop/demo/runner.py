@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from pathlib import Path
 import cv2
 
 from edgeloop.broker import LocalBroker, free_port
+from edgeloop.files import atomic_write_text
 
 from .configs import agent_config_text, server_config
 from .fleet import AgentProcesses
@@ -235,7 +235,4 @@ def _metric(record) -> tuple[str, float]:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edgeloop.files import atomic_write
 from protocol.manifest import generate_keypair, load_private_key, load_public_key
 
 log = logging.getLogger(__name__)
@@ -37,24 +36,8 @@ class KeyFiles:
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """tmp + fsync + rename, created with ``mode`` so a secret is never world-readable, even briefly."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Created with ``mode`` before any byte is written, so a secret is never world-readable, even briefly."""
+    atomic_write(path, data, mode)
 
 
 def public_b64(key: Ed25519PublicKey) -> str:

@@ -11,7 +11,7 @@ receives. Serve it over HTTPS or a private network if the models are secret.
 ``trainer.server.auth.require_user`` by default). Both read their services
 from ``app.state``: ``registry`` (Registry), ``publishing``
 (PublishingService, for publish/rollback/rollout) and ``rounds``
-(trainer.rounds.pipeline.RoundManager); a missing one answers 503.
+(trainer.rounds.pipeline.RoundManager); a missing one answers 404 (the feature is not configured here).
 """
 
 from __future__ import annotations
@@ -47,16 +47,18 @@ class ErrorOut(BaseModel):
 API_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "no or wrong credentials"},
     403: {"model": ErrorOut, "description": "missing CSRF token on a cookie-authenticated write"},
-    404: {"model": ErrorOut, "description": "no such model or version"},
     409: {"model": ErrorOut, "description": "not possible now (a round is running, nothing to roll back to...)"},
-    503: {"model": ErrorOut, "description": "registry, publishing or rounds not configured, or broker unreachable"},
+    404: {"model": ErrorOut, "description": "no such model, or registry, publishing or rounds not configured"},
+    503: {"model": ErrorOut, "description": "the broker did not take the announcement"},
 }
 
 
 def registry_of(request: Request) -> Registry:
     registry = getattr(request.app.state, "registry", None)
     if registry is None:
-        raise HTTPException(503, "the model registry is not configured on this server")
+        # Not a 503: nothing is unavailable, this server simply publishes no models
+        # (it has no [rounds] or [publish] in its config).
+        raise HTTPException(404, "this server has no model registry (no [rounds] or [publish] in its config)")
     return registry
 
 
@@ -130,14 +132,14 @@ def _publication(p: dict) -> dict[str, Any]:
 def _service(request: Request):
     svc = getattr(request.app.state, "publishing", None)
     if svc is None:
-        raise HTTPException(503, "publishing is not configured on this server (no signing key or broker)")
+        raise HTTPException(404, "publishing is not configured on this server (no [publish] in its config)")
     return svc
 
 
 def _rounds(request: Request):
     rounds = getattr(request.app.state, "rounds", None)
     if rounds is None:
-        raise HTTPException(503, "training rounds are not configured on this server")
+        raise HTTPException(404, "training rounds are not configured on this server (no [rounds] in its config)")
     return rounds
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from edgeloop.files import atomic_write
 from trainer.dataset import Example
 from trainer.train.errors import TrainingError
 
@@ -21,27 +20,8 @@ CHECKPOINT_FORMAT = "edgeloop.checkpoint/1"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``.
-
-    A crash leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """A crash leaves either the old file or the new one, never half of one (edgeloop.files)."""
+    atomic_write(path, data)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

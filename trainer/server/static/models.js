@@ -138,7 +138,7 @@
       showError(null);
       await loadDetails();
     } catch (err) {
-      if (err.status === 503) {  // no registry on this server: the page's notices say why
+      if (err.status === 404) {  // no registry on this server: the page's notices say why
         fill($("history-body"), h("tr", h("td.muted", { colspan: 10 }, err.message)));
         edgeloop.lineChart($("metric-chart"), [], { empty: "No model registry." });
       } else if (err.status !== 401) {

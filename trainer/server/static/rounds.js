@@ -108,7 +108,7 @@
       }
       live.lastHandled = handled;
     } catch (err) {
-      if (err.status === 503) {
+      if (err.status === 404) {
         fill($("round-status"), h("span.muted", "Training rounds are not configured on this server."));
       } else if (err.status !== 401) {
         fill($("round-status"), h("span.muted", `Round status unavailable: ${err.message}`));
