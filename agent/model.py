@@ -85,6 +85,10 @@ def open_session(path: Path, providers: list[str], intra: int = 0, inter: int = 
     opts.log_severity_level = 3  # third-party exports warn once per weight otherwise
     opts.intra_op_num_threads = intra
     opts.inter_op_num_threads = inter
+    # onnxruntime's worker threads spin-wait between runs by default: at camera rates
+    # (15-30 fps) that burns whole cores for nothing on a device that has few.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=choose_providers(providers))
     except Exception as e:  # onnxruntime raises its own untyped errors for bad files
