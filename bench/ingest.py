@@ -39,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-max", type=int, default=200)
     parser.add_argument("--batch-ms", type=float, default=50.0)
     parser.add_argument("--max-inflight", type=int, default=None,
-                        help="broker max_inflight_messages (LocalBroker's default is 100; deploy/ uses 20)")
+                        help="broker max_inflight_messages (LocalBroker's and deploy/'s default is 1000)")
 
 
 def _frames(n: int, kb: int, seed: int = 0) -> list[Sample]:
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> dict:
         "project_runs_frames_per_s": [p["frames_per_s"] for p in projects],
         "baseline_runs_frames_per_s": [b["frames_per_s"] for b in baselines],
         "frames": len(frames), "payload_bytes_avg": round(sum(len(p) for _, p in payloads) / len(payloads)),
-        "broker": kind, "broker_max_inflight": args.max_inflight or 100, "project": project, "baseline": baseline,
+        "broker": kind, "broker_max_inflight": args.max_inflight or 1000, "project": project, "baseline": baseline,
         "ratio": round(project["frames_per_s"] / baseline["frames_per_s"], 3),
         "zero_loss": all(p["lost"] == 0 and p["bytes_intact"] and p["stored"] == len(frames) for p in projects)
         and all(b["received"] == len(frames) for b in baselines),

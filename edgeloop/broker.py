@@ -65,7 +65,8 @@ class LocalBroker:
                 "allow_anonymous true\n"
                 "persistence false\n"
                 "max_queued_messages 100000\n"
-                "max_inflight_messages 100\n"
+                # The collector acks after each commit: a wider window means bigger batches.
+                "max_inflight_messages 1000\n"
                 f"{self.extra_conf}\n"
             )
             return [self.mosquitto, "-c", str(conf)]
