@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import paho.mqtt.client as mqtt
 from onnx import TensorProto, helper, numpy_helper
 
 from protocol import Announcement, Receipt, Sample, decode, encode
-from protocol.manifest import Cohort, Manifest, file_sha256, sign
+from protocol.manifest import Cohort, Manifest, file_sha256, generate_keypair, load_private_key, sign
 from protocol.modelcard import CARD_METADATA_KEY
 from protocol.topics import SAMPLES_FILTER, STATUS_FILTER, receipt_topic
 
@@ -270,3 +271,19 @@ def make_faulty_classifier(path: Path, fault: str, name: str = "shapes", version
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+# Fixtures shared by the update tests (test modules import them by name).
+@pytest.fixture
+def keys():
+    private, public = generate_keypair()
+    return load_private_key(private), public.decode()
+
+
+@pytest.fixture
+def site(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    server = FileServer(root)
+    yield root, server.url
+    server.close()

@@ -16,11 +16,10 @@ from agent.model import ModelRunner, NonFiniteOutput, nonfinite_outputs
 from agent.modelstore import ModelStore
 from agent.synthetic import SyntheticCamera
 from agent.updater import ModelHolder, Updater
-from agent_helpers import (Collector, FileServer, announcement, base_config, make_classifier, make_faulty_classifier,
-                           running, write_config)
+from agent_helpers import (Collector, announcement, base_config, make_classifier, make_faulty_classifier,
+                           keys, running, site, write_config)
 from mqtt_util import Recorder, publish, wait_until
 from protocol import Sample, Telemetry, decode, encode
-from protocol.manifest import generate_keypair, load_private_key
 from protocol.topics import SAMPLES_FILTER, TELEMETRY_FILTER, announce_topic
 
 CFG = HealthConfig(window_s=10, min_frames=20, max_error_rate=0.1, max_nonfinite_rate=0.0, max_confidence_drop=0.5)
@@ -109,20 +108,6 @@ def test_model_runner_raises_on_nan_instead_of_decoding_it(tmp_path):
 
 
 # -- the updater's reaction to a verdict, with real files and no MQTT ---------------------------
-
-@pytest.fixture
-def keys():
-    private, public = generate_keypair()
-    return load_private_key(private), public.decode()
-
-
-@pytest.fixture
-def site(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    server = FileServer(root)
-    yield root, server.url
-    server.close()
 
 
 def _updater(tmp_path, pub, model, health=None):

@@ -13,27 +13,13 @@ import pytest
 from agent.config import parse_config
 from agent.modelstore import ModelStore
 from agent.updater import ModelHolder, Updater
-from agent_helpers import (ROOT, Collector, FileServer, announcement, base_config, classifier_card, make_classifier,
-                           running, write_config)
+from agent_helpers import (ROOT, Collector, announcement, base_config, classifier_card, make_classifier,
+                           keys, running, site, write_config)
 from mqtt_util import publish, wait_until
 from protocol import Command, encode
 from protocol.manifest import Cohort, generate_keypair, load_private_key
 from protocol.topics import announce_topic, command_topic
 
-
-@pytest.fixture
-def keys():
-    private, public = generate_keypair()
-    return load_private_key(private), public.decode()
-
-
-@pytest.fixture
-def site(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    server = FileServer(root)
-    yield root, server.url
-    server.close()
 
 
 class Rig:
