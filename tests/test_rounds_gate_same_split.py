@@ -40,6 +40,16 @@ def test_evaluate_runs_models_as_agents_do(models):
     assert set(good["per_class"]) == set(CLASSES)
 
 
+def test_an_unreadable_test_image_is_left_out_not_fatal(models, tmp_path):
+    from dataclasses import replace
+
+    _, trained, _, test = models
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    result = evaluate_model(trained, [*test[:10], replace(test[10], image_path=broken)], CLASSES, "classification")
+    assert result["n"] == 10
+
+
 def test_gate_judges_on_the_same_split_not_on_recorded_figures(models, tmp_path):
     _, trained, guessing, test = models
     store = Store(tmp_path / "data")

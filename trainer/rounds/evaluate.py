@@ -28,10 +28,11 @@ def evaluate_model(model_path: str | Path, examples: Sequence[Example], labels: 
 
     runner = ModelRunner.load(Path(model_path), ["cpu"])
     index = {name: i for i, name in enumerate(labels)}
+    examples = _readable(examples)
     if task == "classification":
         y_true, y_pred = [], []
-        for ex in examples:
-            pred = runner.infer(_read(ex.image_path))
+        for ex, image in examples:
+            pred = runner.infer(image)
             truth = index[ex.label]
             name = pred.labels[int(np.argmax(pred.scores))]
             # Labels are only ever appended, so an older model knows a subset of them; a name
@@ -40,8 +41,7 @@ def evaluate_model(model_path: str | Path, examples: Sequence[Example], labels: 
             y_pred.append(index.get(name, (truth + 1) % len(labels)))
         return classification_metrics(y_true, y_pred, labels)
     preds, targets = [], []
-    for ex in examples:
-        image = _read(ex.image_path)
+    for ex, image in examples:
         h, w = image.shape[:2]
         pred = runner.infer(image)
         keep = [i for i, lab in enumerate(pred.box_labels) if pred.labels[int(lab)] in index]
@@ -53,11 +53,17 @@ def evaluate_model(model_path: str | Path, examples: Sequence[Example], labels: 
     return detection_metrics(preds, targets, labels)
 
 
-def _read(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot read test image {path}")
-    return image
+def _readable(examples: Sequence[Example]) -> list[tuple[Example, np.ndarray]]:
+    """The test examples with their images; an unreadable file is logged and left out, the same for both
+    models, rather than failing the whole round."""
+    out = []
+    for ex in examples:
+        image = cv2.imread(str(ex.image_path), cv2.IMREAD_COLOR)
+        if image is None:
+            log.warning("gate: test image %s of example %s cannot be read; left out", ex.image_path, ex.id)
+            continue
+        out.append((ex, image))
+    return out
 
 
 def same_split_metrics(candidate_path: str, current_path: str, test: Sequence[Example], labels: Sequence[str],
