@@ -61,7 +61,7 @@ def _label_batch(demo, batch: int, timeout: float = 600.0) -> float:
 def _agents_on(demo, version: int, n: int, timeout: float = 300.0) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        on = [a for a in demo.service.store.fleet() if a.get("model_version") == version]
+        on = [a for a in demo.service.store.fleet() if (a.get("model_version") or 0) >= version]
         if len(on) >= n:
             return time.time()
         time.sleep(0.2)

@@ -9,6 +9,7 @@ hot-swapped by every agent. This is issue 6's full-loop test.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -47,4 +48,7 @@ def test_headless_demo_runs_rounds_and_updates_every_agent(tmp_path):
                             "--rounds", "0", "--port", "0", "--agents", "1"], capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"resuming: fleet model shapes v{published[-1]['model_version']}" in again.stdout
+    # Rounds may have gone on past the summarized ones before the first run stopped: the newest fleet
+    # model is at least the last one the summary saw published.
+    resumed = re.search(r"resuming: fleet model shapes v(\d+)", again.stdout)
+    assert resumed and int(resumed.group(1)) >= published[-1]["model_version"], again.stdout[-2000:]

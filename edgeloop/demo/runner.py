@@ -148,10 +148,12 @@ class Demo:
         return None
 
     def wait_agents_on(self, version: int, timeout: float = 180.0) -> int:
+        """Agents that run this version or a newer one: with a fast labeller the next rounds may already
+        have rolled out by the time this one is summarized."""
         deadline = time.monotonic() + timeout
         while not self.stop.is_set():
             on = sum(1 for a in self.service.store.fleet()
-                     if a["agent_id"].startswith("demo-agent-") and a.get("model_version") == version)
+                     if a["agent_id"].startswith("demo-agent-") and (a.get("model_version") or 0) >= version)
             if on >= self.cfg.agents or time.monotonic() > deadline:
                 return on
             self.stop.wait(0.5)
