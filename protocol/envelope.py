@@ -26,7 +26,7 @@ from .errors import ProtocolError
 from .topics import PROTOCOL_MAJOR
 
 MAGIC = b"EL"
-MINOR = 0
+MINOR = 1  # 1: optional sample.embedding, status.provider, telemetry.provider
 PREFIX = struct.Struct(">2sBBBBI")
 MAX_HEADER = 256 * 1024
 MAX_PAYLOAD = 16 * 1024 * 1024

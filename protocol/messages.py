@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .embedding import MAX_EMBEDDING_DIM
 from .errors import ProtocolError
 from .fields import Fields
 from .jpeg import jpeg_size
@@ -75,9 +76,11 @@ class Sample:
     width: int
     height: int
     jpeg: bytes = field(repr=False)
+    embedding: bytes = field(default=b"", repr=False)  # protocol.embedding.quantize_embedding; b"": none
 
     def header(self) -> dict:
-        return {
+        extra = {"embedding": self.embedding} if self.embedding else {}  # absent rather than empty
+        return {**extra,
             "agent_id": self.agent_id, "camera_id": self.camera_id, "frame_id": self.frame_id,
             "captured_at": self.captured_at, "model_name": self.model_name,
             "model_version": self.model_version, "task": self.task, "labels": list(self.labels),
@@ -112,6 +115,7 @@ class Sample:
             task=task, labels=labels, scores=scores, boxes=_boxes(f, len(labels)),
             uncertainty=f.number("uncertainty", 0.0, 1e6), strategy=f.text("strategy", 64),
             reason=f.text("reason", 512), width=width, height=height, jpeg=body,
+            embedding=f.blob("embedding", MAX_EMBEDDING_DIM) if "embedding" in f.header else b"",
         )
 
 
@@ -154,6 +158,7 @@ class Status:
     cameras: tuple[str, ...] = ()
     cohorts: tuple[str, ...] = ()
     detail: str = ""  # last error or update result, for people
+    provider: str = ""  # onnxruntime execution provider the model runs on (after fall-backs): cpu, cuda, ...
 
     STATES: ClassVar[tuple[str, ...]] = ("online", "offline")
     MODEL_STATES: ClassVar[tuple[str, ...]] = ("none", "ok", "failed", "reverted", "updating")
@@ -164,6 +169,7 @@ class Status:
             "software_version": self.software_version, "model_name": self.model_name,
             "model_version": self.model_version, "model_state": self.model_state,
             "cameras": list(self.cameras), "cohorts": list(self.cohorts), "detail": self.detail,
+            "provider": self.provider,
         }
 
     @classmethod
@@ -176,7 +182,7 @@ class Status:
             model_state=f.text("model_state", choices=cls.MODEL_STATES, default="none"),
             cameras=f.text_list("cameras", 64, pattern=ID_RE, default=()),
             cohorts=f.text_list("cohorts", 64, pattern=ID_RE, default=()),
-            detail=f.text("detail", 1024, default=""),
+            detail=f.text("detail", 1024, default=""), provider=f.text("provider", 64, default=""),
         )
 
 
@@ -210,6 +216,7 @@ class Telemetry:
     drops: dict[str, int]  # reason -> count since start
     conf_hist: dict[str, tuple[int, ...]]  # top-1 label -> counts over [0, 0.1, ..., 1]
     camera_fps: dict[str, float] = field(default_factory=dict)
+    provider: str = ""  # as Status.provider
 
     def header(self) -> dict:
         return {
@@ -219,6 +226,7 @@ class Telemetry:
             "frames": self.frames, "sampled": self.sampled, "inference_errors": self.inference_errors,
             "outbox_depth": self.outbox_depth, "outbox_bytes": self.outbox_bytes, "drops": dict(self.drops),
             "conf_hist": {k: list(v) for k, v in self.conf_hist.items()}, "camera_fps": dict(self.camera_fps),
+            "provider": self.provider,
         }
 
     @classmethod
@@ -237,6 +245,7 @@ class Telemetry:
             sampled=f.integer("sampled", 0, big), inference_errors=f.integer("inference_errors", 0, big),
             outbox_depth=f.integer("outbox_depth", 0, big), outbox_bytes=f.integer("outbox_bytes", 0, big),
             drops=f.counters("drops"), conf_hist=_histograms(f), camera_fps=cam,
+            provider=f.text("provider", 64, default=""),
         )
 
 

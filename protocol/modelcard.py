@@ -90,6 +90,8 @@ class ModelCard(_Strict):
     labels: tuple[str, ...] = Field(min_length=1, max_length=1000)
     input: InputSpec
     output: OutputSpec
+    # a second ONNX output with pooled penultimate features, [1, D] or [1, D, 1, 1]; None: the model has none
+    embedding_output: str | None = Field(None, min_length=1, max_length=256)
     metrics: dict[str, float] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)  # round, dataset_version, seed, code_version...
 
