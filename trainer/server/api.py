@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from trainer.store import Conflict, InvalidLabel, NotFound, QueueFilter, Store
 
 from . import schemas as s
-from .auth import COOKIE, Auth, RateLimited, bearer, require_user
+from .auth import COOKIE, Auth, RateLimited, bearer, require_user, safe_next
 from .metrics import prometheus_text
 
 User = Annotated[str, Depends(require_user)]
@@ -162,9 +162,7 @@ async def post_login(request: Request) -> Response:
     if result is None:
         return JSONResponse({"detail": "wrong token"}, 401)
     sid, session = result
-    nxt = str(data.get("next") or "/")
-    if not nxt.startswith("/") or nxt.startswith("//") or "\\" in nxt:
-        nxt = "/"  # only local redirects: no open redirect through the login form
+    nxt = safe_next(data.get("next"), "/")  # only local redirects: no open redirect through the login form
     resp: Response = RedirectResponse(nxt, 303) if form else JSONResponse(
         s.LoginOut(ok=True, user=session.user, csrf_token=session.csrf).model_dump())
     resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict", secure=auth.cfg.cookie_secure,

@@ -11,8 +11,10 @@ import hmac
 import secrets
 import threading
 import time
+import unicodedata
 from collections import deque
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -27,6 +29,26 @@ USER_HEADER = "X-User"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 MAX_SESSIONS = 10_000
 MAX_TRACKED_CLIENTS = 10_000
+MAX_NEXT_LEN = 2048
+
+
+def safe_next(target: object, fallback: str) -> str:
+    """``target`` unchanged when it is a plain same-origin path, else ``fallback``.
+
+    Nothing is stripped or repaired: browsers drop tabs and newlines from URLs and read ``\\`` as
+    ``/``, so ``/\t/evil.example`` turns into ``//evil.example``. Any such character refuses the target.
+    """
+    if not isinstance(target, str) or not target or len(target) > MAX_NEXT_LEN:
+        return fallback
+    if any(c == "\\" or c.isspace() or unicodedata.category(c)[0] in "CZ" for c in target):
+        return fallback  # control, format, separator and whitespace characters, backslashes
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return fallback
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or target.startswith("//"):
+        return fallback
+    return target
 
 
 @dataclass(frozen=True)

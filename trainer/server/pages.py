@@ -104,9 +104,7 @@ def static(name: str, v: str | None = None) -> Response:
 
 def _safe_next(target: str | None) -> str:
     """Only local paths, so the login page cannot be used as an open redirect."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/review"
-    return target
+    return auth.safe_next(target, "/review")
 
 
 def _login_redirect(request: Request) -> RedirectResponse:
