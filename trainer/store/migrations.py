@@ -120,5 +120,29 @@ def _image_blobs(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE blobs (sha TEXT PRIMARY KEY, size INTEGER NOT NULL, data BLOB NOT NULL)")
 
 
+
+@migrations(name="0003_assist_prelabels")
+def _assist_prelabels(db: sqlite_utils.Database) -> None:
+    # A teacher's pre-label is a prediction, never a label: it lives beside the example until a
+    # person (or --auto-label) accepts it. One row per example and teacher (model file, card, label
+    # map and min score hashed into ``teacher``), so a restart or a re-run adds nothing, and a
+    # changed teacher pre-labels again.
+    db.execute("""CREATE TABLE prelabels (
+        id INTEGER PRIMARY KEY,
+        example_id INTEGER NOT NULL REFERENCES examples (id),
+        teacher TEXT NOT NULL,
+        model_name TEXT NOT NULL,
+        model_version INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('done', 'failed')),
+        label TEXT,
+        score REAL,
+        scores TEXT NOT NULL DEFAULT '{}',
+        boxes TEXT NOT NULL DEFAULT '[]',
+        error TEXT,
+        seconds REAL,
+        created_at REAL NOT NULL,
+        UNIQUE (example_id, teacher))""")
+    db.execute("CREATE INDEX prelabels_example ON prelabels (example_id, id)")
+
 def migrate(db: sqlite_utils.Database) -> None:
     migrations.apply(db)
