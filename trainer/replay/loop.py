@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from trainer.dataset import Example
-from trainer.replay.pool import FramePool
+from trainer.replay.embed import Embedder
+from trainer.replay.pool import FramePool, embed
 from trainer.replay.strategies import Strategy
 from trainer.train.config import TrainConfig
 from trainer.train.round import run_round
@@ -121,6 +122,7 @@ def batch_sizes(settings: ReplaySettings, start: int, pool_size: int) -> list[in
 class RunStats:
     train_s: float = 0.0
     score_s: float = 0.0
+    embed_s: float = 0.0
     scored_frames: int = 0
     rounds: int = 0
 
@@ -139,14 +141,26 @@ class Job:
     progress: Callable[[str], None] | None = None
 
 
-def pick_batch(job: Job, strategy: Strategy, model: Path, unlabelled: list[int], k: int,
-               rng: random.Random) -> list[int]:
-    """The agent's runner scores the unlabelled frames with the newest model; the strategy picks ``k``."""
+def pick_batch(job: Job, strategy: Strategy, model: Path, checkpoint: Path, labelled: list[int],
+               unlabelled: list[int], k: int, rng: random.Random) -> list[int]:
+    """The agent's runner scores the unlabelled frames with the newest model; the strategy picks ``k``.
+
+    A batch-aware strategy also gets the round model's penultimate features
+    of the unlabelled and the labelled frames (``trainer.replay.embed``).
+    """
     t0 = time.perf_counter()
-    predictions = job.pool.predict(job.pool.runner(model), unlabelled)
+    runner = job.pool.runner(model)
+    predictions = job.pool.predict(runner, unlabelled)
     job.stats.score_s += time.perf_counter() - t0
     job.stats.scored_frames += len(unlabelled)
-    return [unlabelled[j] for j in strategy.pick(predictions, k, rng)]
+    if not strategy.batch_aware:
+        return [unlabelled[j] for j in strategy.pick(predictions, k, rng)]
+    t0 = time.perf_counter()
+    embedder = Embedder(checkpoint)
+    features = embed(job.pool, runner, unlabelled, embedder)
+    known = embed(job.pool, runner, labelled, embedder)
+    job.stats.embed_s += time.perf_counter() - t0
+    return [unlabelled[j] for j in strategy.pick_batch(predictions, features, known, k, rng)]
 
 
 def run_one(job: Job, strategy: Strategy, seed: int, work: Path) -> list[dict]:
@@ -163,7 +177,7 @@ def run_one(job: Job, strategy: Strategy, seed: int, work: Path) -> list[dict]:
     model: Path | None = None
     for r, k in enumerate([0] + batch_sizes(job.settings, len(labelled), len(unlabelled))):
         if k:
-            picked = pick_batch(job, strategy, model, unlabelled, k, pick_rng)
+            picked = pick_batch(job, strategy, model, parent, sorted(round_added), unlabelled, k, pick_rng)
             round_added.update({i: r for i in picked})
             unlabelled = sorted(set(unlabelled) - set(picked))
         examples = [replace(pool[i], split="train", round_added=round_added[i]) for i in sorted(round_added)]
@@ -207,6 +221,7 @@ def replay(examples: Sequence[Example], task: str, strategies: Sequence[Strategy
     return {"metric_name": metric, "curves": curves, "task": task,
             "sizes": {"pool": len(split.pool), "test": len(split.test), "classes": classes},
             "timing": {"seconds": round(time.perf_counter() - t0, 2), "train_seconds": round(stats.train_s, 2),
-                       "score_seconds": round(stats.score_s, 2), "rounds": stats.rounds,
+                       "score_seconds": round(stats.score_s, 2), "embed_seconds": round(stats.embed_s, 2),
+                       "rounds": stats.rounds,
                        "scored_frames": stats.scored_frames,
                        "score_ms_per_frame": round(1000 * stats.score_s / max(1, stats.scored_frames), 3)}}

@@ -85,6 +85,18 @@ class FramePool:
         return out
 
 
+def embed(pool: FramePool, runner: ModelRunner, indices: Sequence[int], embedder, chunk: int = 64) -> np.ndarray:
+    """Penultimate features ``[len(indices), d]`` of pool frames, from the runner's own preprocessed input."""
+    parts = []
+    for start in range(0, len(indices), chunk):
+        part = indices[start:start + chunk]
+        tensor = np.empty((len(part), *runner.input_shape[1:]), runner.dtype)
+        for j, i in enumerate(part):
+            tensor[j] = runner.preprocess(pool.frame(i))[0][0]
+        parts.append(embedder(tensor))
+    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+
+
 def _takes_batches(runner: ModelRunner) -> bool:
     """True when the graph's batch dimension is symbolic and every output is batched along it."""
     first = next(i for i in runner.session.get_inputs() if i.name == runner.input_name)

@@ -6,6 +6,12 @@ ranking of a whole pool. Both come from the same pure functions in
 threshold wide open) a strategy scores every frame it applies to, and its
 ``Decision.uncertainty`` is the rank. ``random`` is a uniform draw from a
 seeded ``random.Random``: the baseline active learning has to beat.
+
+The batch-aware strategies of ``trainer.selection`` (``diverse``,
+``typical``, ``cold_start``, with aliases ``badge``, ``typiclust``) pick a
+whole batch at once from the same uncertainty (the agent's ``margin`` for
+classification, ``threshold_band`` for detection) plus the round model's
+penultimate features; ``trainer.replay.loop`` feeds them.
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ from pydantic import TypeAdapter
 from agent import config as agent_config
 from agent.model import EMPTY_BOXES, Prediction
 from agent.sampling import STRATEGIES, Context
+from trainer import selection
 
 ALIASES = {"least": "least_confidence", "lc": "least_confidence", "band": "threshold_band",
-           "count": "band_count"}
+           "count": "band_count", "badge": "diverse", "typiclust": "typical", "coldstart": "cold_start"}
 RANDOM = "random"
+# The batch-aware strategies replay offers (``uncertain`` is the agent ranking it already has).
+BATCH = tuple(n for n in selection.STRATEGIES if n != "uncertain")
+BASE_UNCERTAINTY = {"classification": "margin", "detection": "threshold_band"}
 
 
 class StrategyError(ValueError):
@@ -57,13 +67,18 @@ def _probe(task: str) -> Prediction:
 
 @dataclass(frozen=True)
 class Strategy:
-    name: str  # the agent's name (``random`` for the baseline)
-    params: object | None
+    name: str  # the agent's name (``random`` for the baseline), or a trainer.selection strategy
+    params: object | None  # the agent strategy's parameters (for a batch strategy: its uncertainty's)
+    base: str | None = None  # the agent strategy giving a batch strategy its uncertainty
+
+    @property
+    def batch_aware(self) -> bool:
+        return self.name in BATCH
 
     def scores(self, predictions: Sequence[Prediction], rng: random.Random) -> list[float]:
         """The agent's uncertainty per prediction; frames the strategy passes over score -inf."""
         ctx = Context(previous=None, rng=rng)
-        fn = STRATEGIES[self.name]
+        fn = STRATEGIES[self.base or self.name]
         out = []
         for pred in predictions:
             d = fn(pred, ctx, self.params)
@@ -82,18 +97,33 @@ class Strategy:
         order.sort(key=lambda i: -scores[i])  # stable: keeps the shuffled order among ties
         return sorted(order[:k])
 
+    def pick_batch(self, predictions: Sequence[Prediction], embeddings: np.ndarray, labelled: np.ndarray,
+                   k: int, rng: random.Random) -> list[int]:
+        """A batch-aware pick: the agent's uncertainty plus penultimate features of pool and labelled set."""
+        u = np.array(self.scores(predictions, rng), np.float64)
+        task = predictions[0].task if predictions else "classification"
+        probs = np.stack([p.scores for p in predictions]) if task == "classification" and predictions else None
+        n_classes = len(predictions[0].labels) if predictions else 2
+        pool = selection.Pool(u, embeddings, probs, labelled, len(labelled), n_classes,
+                              uncertainty_name=self.base or self.name)
+        return sorted(p.index for p in selection.select(self.name, pool, k, rng))
+
 
 def agent_strategies() -> list[str]:
     return sorted(STRATEGIES)
 
 
 def resolve(name: str, task: str) -> Strategy:
-    """The agent strategy called ``name`` (or a short alias), checked to apply to ``task``."""
+    """The agent or batch strategy called ``name`` (or a short alias), checked to apply to ``task``."""
     key = ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key in BATCH:
+        base = BASE_UNCERTAINTY[task]
+        return Strategy(key, _wide_open(base), base)
     if key not in STRATEGIES:
         aliases = ", ".join(f"{a}={t}" for a, t in sorted(ALIASES.items()))
         raise StrategyError(f"unknown strategy {name!r}; the agent's strategies are "
-                            f"{', '.join(agent_strategies())} (aliases: {aliases})")
+                            f"{', '.join(agent_strategies())}, the batch-aware ones {', '.join(BATCH)} "
+                            f"(aliases: {aliases})")
     if key == RANDOM:
         return Strategy(RANDOM, None)
     params = _wide_open(key)
