@@ -2,7 +2,8 @@
 
 Layout under ``<data_dir>/models``::
 
-    state.json          {"current": {...}, "previous": {...} | null, "blocked": [versions]}
+    state.json          {"current": {...}, "previous": {...} | null, "good": {...} | null,
+                         "blocked": [versions], "last": {...}}
     v4/model.onnx       a verified download, alone in its directory
     v4/card.json        the card from the signed manifest
     incoming/           partial downloads; wiped at start
@@ -13,6 +14,10 @@ is downloaded, verified, moved into place and loaded. A crash before that
 leaves the old state, so a restart runs the old model; after it, the new one.
 The configured model (``model.path``) is the version the agent falls back to
 when there is no state file.
+
+``good`` is the last version that passed its health window (or ran before any
+window was opened): the version a failed window goes back to. ``prune`` is
+always given it to keep, so it stays on disk while anything newer is unproven.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ class ModelState:
     previous: ModelRef | None = None
     blocked: tuple[int, ...] = ()  # versions rolled back from: never installed again
     last: dict = field(default_factory=dict)  # {"version", "result", "detail"} of the last update attempt
+    good: ModelRef | None = None  # the last version that passed its health window: the revert target
+
+    def refs(self) -> tuple[ModelRef, ...]:
+        """Every version this state still needs on disk."""
+        return tuple(r for r in (self.current, self.previous, self.good) if r is not None)
 
 
 def fsync_dir(path: Path) -> None:
@@ -74,11 +84,12 @@ class ModelStore:
             return ModelState()
         ref = lambda d: ModelRef(int(d["version"]), str(d["path"]), d.get("card")) if d else None  # noqa: E731
         return ModelState(ref(raw.get("current")), ref(raw.get("previous")), tuple(raw.get("blocked", ())),
-                          dict(raw.get("last", {})))
+                          dict(raw.get("last", {})), ref(raw.get("good")))
 
     def save(self, state: ModelState) -> None:
         data = {"current": asdict(state.current) if state.current else None,
                 "previous": asdict(state.previous) if state.previous else None,
+                "good": asdict(state.good) if state.good else None,
                 "blocked": list(state.blocked), "last": state.last}
         atomic_write(self.state_path, json.dumps(data, indent=1).encode())
 
@@ -100,7 +111,7 @@ class ModelStore:
         return final / "model.onnx"
 
     def prune(self, keep: set[int]) -> None:
-        """Delete version directories not in ``keep`` (current and previous)."""
+        """Delete version directories not in ``keep`` (``ModelState.refs()``: current, previous, good)."""
         for d in self.root.glob("v*"):
             if d.is_dir() and d.name[1:].isdigit() and int(d.name[1:]) not in keep:
                 shutil.rmtree(d, ignore_errors=True)

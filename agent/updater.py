@@ -22,6 +22,12 @@ which case the updater goes back to the previous model, blocks the failed
 version so its retained announcement is never installed again, and reports
 ``reverted`` with the reason. ``state.json``'s ``last.probation`` names the
 version still on probation, so a restart before the verdict opens a new window.
+
+Probation always ends in a verdict: an announcement that arrives while a
+version is on probation is checked (signature, version, cohort) and then
+held, the newest one only, until the window passes or fails; only then is it
+installed. A failed window goes back to ``state.json``'s ``good`` (the last
+version that passed its window), which pruning never deletes.
 """
 
 from __future__ import annotations
@@ -99,6 +105,7 @@ class Updater:
         self._jobs: queue.Queue = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._run, name="updater", daemon=True)
         self._lock = threading.Lock()  # one update or rollback at a time
+        self._deferred: tuple[Announcement, int] | None = None  # (announcement, version) held during probation
 
     # -- start-up --------------------------------------------------------------
 
@@ -171,7 +178,7 @@ class Updater:
                     self.apply(arg)
                 elif kind == "rollback":
                     self.rollback()
-                self.check_health()
+                self.check_health()  # also installs an announcement held during a probation that just ended
             except Exception:  # keep the updater alive whatever a bad announcement triggers
                 log.exception("model %s failed unexpectedly", kind)
                 self.holder.report("failed", f"{kind} failed unexpectedly; see the agent log")
@@ -190,10 +197,28 @@ class Updater:
                     log.info("announcement ignored: %s", e.detail)
                     return False
                 return self._refused(e, None)
+            if self.health is not None and self.health.probation is not None:
+                self._defer(ann, manifest.version, self.health.probation)
+                return False
             try:
                 return self._install(ann, manifest)
             except UpdateRefused as e:
                 return self._refused(e, manifest.version)
+
+    def _defer(self, ann: Announcement, version: int, probation: int) -> None:
+        """Hold an announcement until the version on probation has its verdict (the newest one wins)."""
+        if self._deferred is None or version >= self._deferred[1]:
+            self._deferred = (ann, version)
+        log.info("v%d announced while v%d is on probation: it is installed after v%d's health verdict",
+                 version, probation, probation)
+
+    def apply_deferred(self) -> bool:
+        """Install the announcement held during a probation that has now ended; True when it runs."""
+        with self._lock:
+            if self._deferred is None or (self.health is not None and self.health.probation is not None):
+                return False
+            ann, self._deferred = self._deferred[0], None
+        return self.apply(ann)
 
     def _refused(self, e: UpdateRefused, version: int | None) -> bool:
         running = self.holder.ref.version if self.holder.ref else 0
@@ -259,7 +284,11 @@ class Updater:
         last = self._last(manifest.version, "installed", "")
         if self.health is not None:
             last["probation"] = manifest.version  # a restart before the verdict opens a new window
-        state = ModelState(new_ref, old, state.blocked, last)
+            # Nothing is on probation here (announcements wait for the verdict): what runs is the revert target.
+            good = old if old is not None else state.good
+        else:
+            good = new_ref  # no window: a model that loads and warms up is trusted at once
+        state = ModelState(new_ref, old, state.blocked, last, good)
         self.store.save(state)  # the commit point
         detail = f"updated to v{manifest.version}" + (f" from v{old.version}" if old else "")
         self._end_probation()
@@ -322,9 +351,11 @@ class Updater:
         with self._lock:
             state = self.store.load()
             current = self.holder.ref
-            if state.previous is None or current is None:
-                self.holder.report("failed", "rollback refused: no previous model on disk")
-                log.error("rollback refused: no previous model on disk")
+            if state.previous is None or current is None or state.previous.version in state.blocked:
+                why = "no previous model on disk" if state.previous is None or current is None else \
+                    f"the previous v{state.previous.version} is blocked (it failed or was rolled back from)"
+                self.holder.report("failed", f"rollback refused: {why}")
+                log.error("rollback refused: %s", why)
                 self.on_change()
                 return False
             try:
@@ -335,8 +366,9 @@ class Updater:
                 self.on_change()
                 return False
             blocked = tuple(sorted(set(state.blocked) | {current.version}))
+            good = state.previous if state.good is None or state.good.version == current.version else state.good
             new_state = ModelState(state.previous, current, blocked,
-                                   self._last(state.previous.version, "rolled_back", f"from v{current.version}"))
+                                   self._last(state.previous.version, "rolled_back", f"from v{current.version}"), good)
             self.store.save(new_state)
             self._end_probation()
             self.holder.swap(runner, state.previous, "reverted",
@@ -360,7 +392,12 @@ class Updater:
             self.health.end()
 
     def check_health(self) -> None:
-        """Act on the health window's verdict: keep the new model (ok) or go back to the previous one."""
+        """Act on the health window's verdict (keep the new model, or go back to the good one), then install
+        an announcement held during the probation."""
+        self._judge()
+        self.apply_deferred()
+
+    def _judge(self) -> None:
         if self.health is None:
             return
         with self._lock:
@@ -380,21 +417,26 @@ class Updater:
                 return
             detail = f"v{version} passed its health window: {reason}"
             self.holder.report("ok", detail)
+            self.store.save(replace(self.store.load(), good=ref))
             self._remember(version, "healthy", detail)
             log.info("model %s", detail)
             self.on_change()
 
     def _revert(self, failed: ModelRef, reason: str) -> None:
-        """Run the previous model again after a failed window; the failed version is blocked for good."""
+        """Run the last good model again after a failed window; the failed version is blocked for good."""
         state = self.store.load()
         blocked = tuple(sorted(set(state.blocked) | {failed.version}))
         why = f"v{failed.version} failed its health window: {reason}"
         runner = None
-        if state.previous is not None:
+        target = state.good if state.good is not None and state.good.version not in blocked else state.previous
+        if target is not None and target.version in blocked:
+            why += f"; the previous v{target.version} is blocked"
+            target = None
+        if target is not None:
             try:
-                runner = self._load(state.previous)
+                runner = self._load(target)
             except (ModelError, ProtocolError) as e:
-                why += f"; the previous v{state.previous.version} cannot run either: {e}"
+                why += f"; the previous v{target.version} cannot run either: {e}"
         if runner is None:
             # Nothing to go back to: a model whose frames can never be sent is no better than none.
             self.store.save(ModelState(None, None, blocked, self._last(failed.version, "failed_health", why)))
@@ -403,10 +445,10 @@ class Updater:
             log.error("%s", detail)
             self.on_change()
             return
-        self.store.save(ModelState(state.previous, failed, blocked,
-                                   self._last(failed.version, "failed_health", why[:500])))
-        detail = f"{why}; reverted to v{state.previous.version}, v{failed.version} is blocked"
-        self.holder.swap(runner, state.previous, "reverted", detail[:1000])
+        self.store.save(ModelState(target, failed, blocked,
+                                   self._last(failed.version, "failed_health", why[:500]), target))
+        detail = f"{why}; reverted to v{target.version}, v{failed.version} is blocked"
+        self.holder.swap(runner, target, "reverted", detail[:1000])
         log.error("%s", detail)
         self.on_change()
 
@@ -423,4 +465,4 @@ class Updater:
         self.store.save(replace(state, last=last))
 
     def _keep(self, state: ModelState) -> set[int]:
-        return {r.version for r in (state.current, state.previous) if r is not None}
+        return {r.version for r in state.refs()}
