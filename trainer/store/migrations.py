@@ -144,5 +144,13 @@ def _assist_prelabels(db: sqlite_utils.Database) -> None:
         UNIQUE (example_id, teacher))""")
     db.execute("CREATE INDEX prelabels_example ON prelabels (example_id, id)")
 
+
+@migrations(name="0004_example_embeddings")
+def _example_embeddings(db: sqlite_utils.Database) -> None:
+    # A sample's quantized embedding (protocol/embedding.py: int8 of the L2-normalized vector x 127),
+    # NULL when the agent's model has none. The review queue spreads its first page over them.
+    db.execute("ALTER TABLE examples ADD COLUMN embedding BLOB")
+
+
 def migrate(db: sqlite_utils.Database) -> None:
     migrations.apply(db)
