@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +33,13 @@ def test_agent_extra_installs_without_torch(tmp_path):
     assert check.stdout.strip() == "False"
     cli = subprocess.run([str(venv / "bin" / "edgeloop"), "--version"], capture_output=True, text=True)
     assert cli.returncode == 0 and cli.stdout.startswith("edgeloop ")
+    # The agent benchmark is for edge devices too: it must run without onnx, torch or the web stack.
+    if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
+        video = tmp_path / "clip.avi"
+        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from bench.agent import "
+                        "make_video; make_video(Path(sys.argv[1]), 30)", str(video)], check=True, cwd=ROOT)
+        bench = subprocess.run([str(venv / "bin" / "edgeloop"), "bench", "agent", "--video", str(video),
+                                "--frames", "30", "--repeats", "1"], capture_output=True, text=True, cwd=tmp_path,
+                               env={**os.environ, "PATH": f"/usr/sbin:{os.environ.get('PATH', '')}"}, timeout=300)
+        assert bench.returncode == 0, bench.stderr[-3000:]
+        assert '"sent_and_receipted"' in bench.stdout
