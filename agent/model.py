@@ -5,28 +5,43 @@ outputs, so the agent runs models it did not produce. A ModelRunner is built
 once per model version: load, check the card against the graph, warm up with
 a zero tensor, check the output shapes. Any failure is a ModelError whose
 message says what is wrong, and nothing half-loaded is ever returned.
+Preprocessing lives in agent.preprocess, the pure decoders in agent.decode.
+
+``load_runner(path)`` / ``runner.predict(bgr)`` is the small interface other
+code (the server's teacher, replay, the gate) uses; the agent's inference
+thread calls ``infer`` (the same). A runner is for one thread at a time: it
+reuses its input buffer. Nothing here starts threads or waits on anything but
+onnxruntime.
 """
 
 from __future__ import annotations
 
 import logging
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
+from protocol.embedding import MAX_EMBEDDING_DIM
 from protocol.errors import ProtocolError
 from protocol.modelcard import (CARD_METADATA_KEY, BoxesScoresLabelsOutput, ClassificationOutput, ModelCard,
-                                SSDOutput, card_from_dict, card_from_json, sidecar_card)
+                                SSDOutput, YoloOutput, YoloxOutput, card_from_dict, card_from_json, sidecar_card)
+
+from .decode import (EMPTY_BOXES, OutputShapeError, classify, decode_bsl, decode_ssd, decode_yolo, decode_yolox,
+                     embedding_vector, make_grid, nms, nonfinite_outputs, to_frame_xyxy, yolo_rows, yolox_rows)
+from .preprocess import Geometry, Preprocessor
+
+__all__ = ["EMPTY_BOXES", "ModelError", "ModelRunner", "NonFiniteOutput", "Prediction", "load_runner", "nms",
+           "nonfinite_outputs", "to_frame_xyxy"]
 
 log = logging.getLogger(__name__)
 
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
              "cpu": "CPUExecutionProvider"}
-EMPTY_BOXES = np.zeros((0, 4), np.float32)
+SHORT_PROVIDER = {v: k for k, v in PROVIDERS.items()}
 
 
 class ModelError(RuntimeError):
@@ -46,6 +61,8 @@ class Prediction:
     box_scores: np.ndarray  # [N]
     box_labels: np.ndarray  # [N] int, index into labels
     threshold: float  # detection: boxes from this score are detections, lower ones candidates
+    embedding: np.ndarray | None = field(default=None, repr=False)  # [D] L2-normalized float32, or None
+    frame_size: tuple[int, int] = (0, 0)  # (width, height) of the frame it was made from
 
     def top(self) -> list[tuple[str, float]]:
         """(label, confidence) pairs for the histogram: top-1 class, or every detection candidate."""
@@ -61,6 +78,16 @@ class Prediction:
         keep = self.box_scores >= self.threshold
         return {self.labels[int(i)] for i in self.box_labels[keep]}
 
+    @property
+    def pixel_boxes(self) -> np.ndarray:
+        """``boxes`` in pixels of the frame: [N, 4] float32 x1, y1, x2, y2."""
+        w, h = self.frame_size
+        return (self.boxes * np.array([w, h, w, h], np.float32)).astype(np.float32)
+
+    @property
+    def box_label_names(self) -> list[str]:
+        return [self.labels[int(i)] for i in self.box_labels]
+
 
 def load_card_file(path: Path) -> ModelCard:
     try:
@@ -74,13 +101,25 @@ def load_card_file(path: Path) -> ModelCard:
         raise ModelError(str(e)) from e
 
 
-def choose_providers(wanted: list[str]) -> list[str]:
+def choose_providers(wanted: Sequence[str]) -> list[str]:
+    """onnxruntime names of the wanted providers this onnxruntime build has, CPU as the last resort."""
     available = set(ort.get_available_providers())
     chosen = [PROVIDERS[w] for w in wanted if PROVIDERS[w] in available]
     return chosen or ["CPUExecutionProvider"]
 
 
-def open_session(path: Path, providers: list[str], intra: int = 0, inter: int = 0) -> ort.InferenceSession:
+def provider_report(wanted: Sequence[str], active: Sequence[str]) -> tuple[str, str]:
+    """(the provider the session runs on, a warning when a requested one is not in use, else "")."""
+    running = SHORT_PROVIDER.get(active[0], active[0]) if active else ""
+    missing = [w for w in wanted if PROVIDERS[w] not in active]
+    if not missing:
+        return running, ""
+    have = ", ".join(SHORT_PROVIDER.get(p, p) for p in ort.get_available_providers())
+    return running, (f"requested execution provider {', '.join(missing)} not available (this onnxruntime has "
+                     f"{have}); running on {running}")
+
+
+def open_session(path: Path, providers: Sequence[str], intra: int = 0, inter: int = 0) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # third-party exports warn once per weight otherwise
     opts.intra_op_num_threads = intra
@@ -120,40 +159,36 @@ def _dims_fit(actual: list, expected: list[int]) -> bool:
 class ModelRunner:
     """One loaded, checked and warmed-up model version; ``infer`` is for one thread at a time."""
 
-    def __init__(self, session: ort.InferenceSession, card: ModelCard, path: Path, score_floor: float = 1.0) -> None:
+    def __init__(self, session: ort.InferenceSession, card: ModelCard, path: Path, score_floor: float = 1.0,
+                 requested_providers: Sequence[str] = ()) -> None:
         self.session = session
         self.card = card
         self.path = path
-        spec = card.input
-        inputs = {i.name: i for i in session.get_inputs()}
-        self.input_name = spec.name or session.get_inputs()[0].name
-        if self.input_name not in inputs:
-            raise ModelError(f"card input {self.input_name!r} is not an input of {path.name} ({', '.join(inputs)})")
-        want = [1, 3, spec.height, spec.width] if spec.layout == "NCHW" else [1, spec.height, spec.width, 3]
-        got = list(inputs[self.input_name].shape)
-        if not _dims_fit(got, want):
-            raise ModelError(f"{path.name} input {self.input_name} has shape {got}, the card says {want}")
-        self.input_shape = want
-        self.dtype = np.float32 if spec.dtype == "float32" else np.uint8
-        # (x * scale - mean) / std == x * gain - offset: two in-place passes, no temporaries
-        self._gain = (spec.scale / np.array(spec.std, np.float32)).astype(np.float32)
-        self._offset = (np.array(spec.mean, np.float32) / np.array(spec.std, np.float32)).astype(np.float32)
-        self._out = np.empty(want, self.dtype)
+        self.input_name = card.input.name or session.get_inputs()[0].name
+        self._prep = Preprocessor(card.input)
+        self.input_shape, self.dtype = self._prep.shape, self._prep.dtype
+        self._check_input()
         threshold = card.output.score_threshold if card.task == "detection" else 0.0
         self.threshold = threshold
         self.floor = min(threshold, score_floor)  # keep candidates below the threshold for band strategies
         self.output_names = self._output_names()
+        self._grid = make_grid(card.output.strides, card.input.width, card.input.height) \
+            if isinstance(card.output, YoloxOutput) else None
+        self.provider, self.provider_warning = provider_report(requested_providers, session.get_providers())
+        if self.provider_warning:
+            log.warning("%s: %s", path.name, self.provider_warning)
         # A model failing on every frame would print a kernel error per frame; the agent logs them rate-limited.
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4
         self.warm_up()
 
     @classmethod
-    def load(cls, path: Path, providers: list[str], card: ModelCard | None = None, card_file: Path | None = None,
-             intra: int = 0, inter: int = 0, score_floor: float = 1.0) -> "ModelRunner":
+    def load(cls, path: Path, providers: Sequence[str], card: ModelCard | None = None,
+             card_file: Path | None = None, intra: int = 0, inter: int = 0,
+             score_floor: float = 1.0) -> "ModelRunner":
         session = open_session(path, providers, intra, inter)
         card = card or resolve_card(session, path, card_file)
-        return cls(session, card, path, score_floor)
+        return cls(session, card, path, score_floor, providers)
 
     @property
     def name(self) -> str:
@@ -163,6 +198,23 @@ class ModelRunner:
     def version(self) -> int:
         return self.card.version
 
+    def _check_input(self) -> None:
+        spec, name = self.card.input, self.path.name
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if self.input_name not in inputs:
+            raise ModelError(f"card input {self.input_name!r} is not an input of {name} ({', '.join(inputs)})")
+        got, want = list(inputs[self.input_name].shape), self.input_shape
+        axis = 1 if spec.layout == "NCHW" else 3
+        if len(got) == 4 and isinstance(got[axis], int) and got[axis] > 0 and got[axis] != spec.channels:
+            raise ModelError(f"{name} input {self.input_name} has {got[axis]} channel(s) (shape {got}); the card "
+                             f"says color {spec.color} with {spec.channels} channel(s) in {spec.layout}")
+        if not _dims_fit(got, want):
+            raise ModelError(f"{name} input {self.input_name} has shape {got}, the card says {want}")
+        kind = inputs[self.input_name].type  # 'tensor(float)' / 'tensor(uint8)'
+        expected = "tensor(float)" if spec.dtype == "float32" else "tensor(uint8)"
+        if kind != expected:
+            raise ModelError(f"{name} input {self.input_name} is {kind}, the card says dtype {spec.dtype}")
+
     def _output_names(self) -> list[str]:
         out = self.card.output
         have = [o.name for o in self.session.get_outputs()]
@@ -170,11 +222,18 @@ class ModelRunner:
             names = [out.output or have[0]]
         elif isinstance(out, BoxesScoresLabelsOutput):
             names = [out.boxes, out.scores, out.labels]
-        else:
+        elif isinstance(out, SSDOutput):
             names = [out.boxes, out.scores]
+        elif isinstance(out, YoloOutput):
+            names = [out.output or have[0]]
+        else:
+            names = list(out.output_names()) or [have[0]]
+        if self.card.embedding_output:
+            names.append(self.card.embedding_output)
         missing = [n for n in names if n not in have]
         if missing:
-            raise ModelError(f"{self.path.name} has no output {', '.join(missing)} (outputs: {', '.join(have)})")
+            what = "embedding output" if missing == [self.card.embedding_output] else "output"
+            raise ModelError(f"{self.path.name} has no {what} {', '.join(missing)} (outputs: {', '.join(have)})")
         return names
 
     def warm_up(self) -> None:
@@ -184,63 +243,48 @@ class ModelRunner:
         except Exception as e:
             raise ModelError(f"{self.path.name} failed on a zero input of shape {self.input_shape}: "
                              f"{str(e).strip()[:300]}") from e
-        self._check_outputs(outputs)
+        try:
+            self._check_outputs(outputs)
+        except OutputShapeError as e:
+            raise ModelError(f"{self.path.name}: {e}") from e
 
     def _check_outputs(self, outputs: list[np.ndarray]) -> None:
         out, n = self.card.output, len(self.card.labels)
-        shapes = [tuple(o.shape) for o in outputs]
+        if self.card.embedding_output:
+            *outputs, emb = outputs
+            size = int(np.prod(emb.shape[1:]))
+            if emb.ndim not in (2, 4) or emb.shape[0] != 1 or (emb.ndim == 4 and emb.shape[2:] != (1, 1)) \
+                    or not 0 < size <= MAX_EMBEDDING_DIM:
+                raise OutputShapeError(f"embedding output {self.card.embedding_output} has shape {list(emb.shape)}, "
+                                       f"expected [1, D] or [1, D, 1, 1] with D <= {MAX_EMBEDDING_DIM}")
+        shapes = [list(o.shape) for o in outputs]
+        names = self.output_names
         if isinstance(out, ClassificationOutput):
             if outputs[0].size != n:
-                raise ModelError(f"{self.path.name} output {self.output_names[0]} has shape {shapes[0]}, "
-                                 f"expected {n} values for {n} labels")
+                raise OutputShapeError(f"output {names[0]} has shape {shapes[0]}, expected {n} values for "
+                                       f"{n} labels")
         elif isinstance(out, SSDOutput):
             classes = n + (1 if out.background_class is not None else 0)
             boxes, scores = outputs
             if boxes.ndim != 3 or boxes.shape[2] != 4 or scores.ndim != 3 or scores.shape[2] != classes \
                     or boxes.shape[1] != scores.shape[1]:
-                raise ModelError(f"{self.path.name} SSD outputs have shapes boxes {shapes[0]}, scores {shapes[1]}; "
-                                 f"expected [1,N,4] and [1,N,{classes}]")
+                raise OutputShapeError(f"SSD outputs have shapes boxes {shapes[0]}, scores {shapes[1]}; "
+                                       f"expected [1,N,4] and [1,N,{classes}]")
+        elif isinstance(out, YoloOutput):
+            yolo_rows(outputs[0], out, n, names[0])
+        elif isinstance(out, YoloxOutput):
+            yolox_rows(outputs, names, out, self._grid, n)
         elif outputs[0].shape[-1:] != (4,):
-            raise ModelError(f"{self.path.name} boxes output has shape {shapes[0]}, expected [N,4]")
+            raise OutputShapeError(f"boxes output has shape {shapes[0]}, expected [N,4]")
 
-    # -- preprocessing -----------------------------------------------------
+    # -- inference ---------------------------------------------------------
 
-    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
-        """BGR frame -> input tensor, and (scale, pad_x, pad_y) to map boxes back.
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """BGR frame -> input tensor, and the geometry that maps boxes back.
 
         The tensor is a buffer the next call overwrites: run it before preprocessing another frame.
         """
-        spec = self.card.input
-        h, w = image.shape[:2]
-        if spec.resize == "letterbox":
-            scale = min(spec.width / w, spec.height / h)
-            nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-            px, py = (spec.width - nw) // 2, (spec.height - nh) // 2
-            canvas = np.full((spec.height, spec.width, 3), 114, np.uint8)
-            canvas[py:py + nh, px:px + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-            resized, geo = canvas, (scale, float(px), float(py))
-        else:
-            resized, geo = cv2.resize(image, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR), (0.0, 0.0, 0.0)
-        out = self._out[0]
-        if spec.layout == "NCHW":
-            # planes copied straight into the input buffer, colour order chosen by index: no temporaries
-            planes = cv2.split(resized)
-            for ch, src in enumerate((2, 1, 0) if spec.color == "RGB" else (0, 1, 2)):
-                out[ch] = planes[src]
-            if self.dtype == np.float32:
-                out *= self._gain[:, None, None]
-                out -= self._offset[:, None, None]
-        else:
-            if spec.color == "RGB":
-                resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
-            if self.dtype == np.float32:
-                np.multiply(resized, self._gain, out=out)
-                out -= self._offset
-            else:
-                out[...] = resized
-        return self._out, geo
-
-    # -- inference ---------------------------------------------------------
+        return self._prep(image)
 
     def infer(self, image: np.ndarray) -> Prediction:
         tensor, geo = self.preprocess(image)
@@ -251,118 +295,48 @@ class ModelRunner:
             raise NonFiniteOutput(f"{self.path.name}: {problem}")
         return self.decode(outputs, image.shape[1], image.shape[0], geo)
 
-    def decode(self, outputs: list[np.ndarray], width: int, height: int,
-               geo: tuple[float, float, float]) -> Prediction:
-        out = self.card.output
+    predict = infer  # the name other code reads best: runner.predict(bgr_frame)
+
+    def decode(self, outputs: list[np.ndarray], width: int, height: int, geo: Geometry) -> Prediction:
+        card, out, n = self.card, self.card.output, len(self.card.labels)
+        embedding = None
+        if card.embedding_output:
+            *outputs, raw = outputs
+            embedding = embedding_vector(raw)
         if isinstance(out, ClassificationOutput):
-            return Prediction("classification", self.card.labels, classify(outputs[0], out.activation),
-                              EMPTY_BOXES, np.zeros(0, np.float32), np.zeros(0, np.int64), 0.0)
+            return Prediction("classification", card.labels, classify(outputs[0], out.activation), EMPTY_BOXES,
+                              np.zeros(0, np.float32), np.zeros(0, np.int64), 0.0, embedding, (width, height))
+        fmt, normalized = "xyxy", False
         if isinstance(out, SSDOutput):
             boxes, scores, labels = decode_ssd(outputs[0][0], outputs[1][0], out, self.floor)
             fmt, normalized = out.box_format, out.normalized
-        else:
-            boxes, scores, labels = decode_bsl(outputs, out, self.floor, len(self.card.labels))
+        elif isinstance(out, BoxesScoresLabelsOutput):
+            boxes, scores, labels = decode_bsl(outputs, out, self.floor, n)
             fmt, normalized = out.box_format, out.normalized
-        boxes = to_frame_xyxy(boxes, fmt, normalized, self.card.input.width, self.card.input.height,
-                              width, height, geo)
-        return Prediction("detection", self.card.labels, np.zeros(0, np.float32), boxes, scores, labels,
-                          self.threshold)
+        elif isinstance(out, YoloOutput):
+            boxes, scores, labels = decode_yolo(outputs[0], out, n, self.floor, self.output_names[0])
+            normalized = out.normalized
+        else:
+            boxes, scores, labels = decode_yolox(outputs, self.output_names, out, self._grid, n, self.floor)
+        boxes = to_frame_xyxy(boxes, fmt, normalized, card.input.width, card.input.height, width, height, geo)
+        return Prediction("detection", card.labels, np.zeros(0, np.float32), boxes, scores, labels,
+                          self.threshold, embedding, (width, height))
 
 
-# -- pure decoding functions ---------------------------------------------------
+def load_runner(model_path: str | Path, card: ModelCard | str | Path | None = None,
+                providers: Sequence[str] = ("cpu",), score_floor: float | None = None, threads: int = 0) -> ModelRunner:
+    """A loaded, checked, warmed-up runner for any ONNX model with a card.
 
-def nonfinite_outputs(outputs: list[np.ndarray], names: list[str]) -> str:
-    """"" when every float output is finite, else which outputs hold how many NaN/inf values."""
-    bad = []
-    for name, out in zip(names, outputs):
-        if out.dtype.kind == "f" and not np.isfinite(out).all():
-            n_nan = int(np.isnan(out).sum())
-            bad.append(f"{name} has {n_nan} NaN and {int(out.size - np.isfinite(out).sum()) - n_nan} inf "
-                       f"of {out.size} values")
-    return "; ".join(bad)
-
-
-def classify(raw: np.ndarray, activation: str) -> np.ndarray:
-    x = raw.reshape(-1).astype(np.float64)
-    if activation == "softmax":
-        e = np.exp(x - x.max())
-        x = e / e.sum()
-    elif activation == "sigmoid":
-        x = 1.0 / (1.0 + np.exp(-x))
-    return np.clip(x, 0.0, 1.0).astype(np.float32)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression, best first."""
-    x1, y1, x2, y2 = boxes.T
-    areas = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        w = np.maximum(0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        h = np.maximum(0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = w * h
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
-        order = rest[iou <= iou_threshold]
-    return np.array(keep, np.int64)
-
-
-def decode_ssd(boxes: np.ndarray, scores: np.ndarray, out: SSDOutput,
-               floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per class: scores >= floor, NMS; then the best max_detections over all classes."""
-    if out.background_class is not None:
-        scores = np.delete(scores, out.background_class, axis=1)
-    all_b, all_s, all_l = [], [], []
-    for c in range(scores.shape[1]):
-        idx = np.nonzero(scores[:, c] >= floor)[0]
-        if idx.size == 0:
-            continue
-        keep = idx[nms(_xyxy(boxes[idx], out.box_format), scores[idx, c], out.iou_threshold)]
-        all_b.append(boxes[keep])
-        all_s.append(scores[keep, c])
-        all_l.append(np.full(keep.size, c, np.int64))
-    if not all_b:
-        return EMPTY_BOXES, np.zeros(0, np.float32), np.zeros(0, np.int64)
-    b, s, lab = np.concatenate(all_b), np.concatenate(all_s), np.concatenate(all_l)
-    top = np.argsort(-s, kind="stable")[:out.max_detections]
-    return b[top].astype(np.float32), s[top].astype(np.float32), lab[top]
-
-
-def decode_bsl(outputs: list[np.ndarray], out: BoxesScoresLabelsOutput, floor: float,
-               n_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    boxes = outputs[0].reshape(-1, 4).astype(np.float32)
-    scores = outputs[1].reshape(-1).astype(np.float32)
-    labels = outputs[2].reshape(-1).astype(np.int64) - out.label_offset
-    keep = (scores >= floor) & (labels >= 0) & (labels < n_labels)
-    return boxes[keep], scores[keep], labels[keep]
-
-
-def _xyxy(boxes: np.ndarray, fmt: str) -> np.ndarray:
-    b = boxes.astype(np.float32)
-    if fmt == "xywh":
-        return np.stack([b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]], axis=1)
-    if fmt == "cxcywh":
-        hw, hh = b[:, 2] / 2, b[:, 3] / 2
-        return np.stack([b[:, 0] - hw, b[:, 1] - hh, b[:, 0] + hw, b[:, 1] + hh], axis=1)
-    return b
-
-
-def to_frame_xyxy(boxes: np.ndarray, fmt: str, normalized: bool, in_w: int, in_h: int, frame_w: int,
-                  frame_h: int, geo: tuple[float, float, float]) -> np.ndarray:
-    """Model-output boxes -> x1, y1, x2, y2 normalized to the original frame, clipped to [0, 1]."""
-    b = _xyxy(boxes, fmt)
-    if normalized:
-        b = b * np.array([in_w, in_h, in_w, in_h], np.float32)
-    scale, px, py = geo
-    if scale:  # letterboxed: undo padding and scale, back to frame pixels
-        b = (b - np.array([px, py, px, py], np.float32)) / scale
-        b = b / np.array([frame_w, frame_h, frame_w, frame_h], np.float32)
-    else:
-        b = b / np.array([in_w, in_h, in_w, in_h], np.float32)
-    b = np.clip(b, 0.0, 1.0)
-    b[:, 2] = np.maximum(b[:, 2], b[:, 0])
-    b[:, 3] = np.maximum(b[:, 3], b[:, 1])
-    return b.astype(np.float32)
+    ``card``: a ModelCard, a card file (``.json``/``.toml``), or None for the
+    model's metadata, else a sidecar ``<model>.onnx.card.json/.toml``.
+    ``score_floor``: keep boxes from this score (default: the card's
+    ``score_threshold``). ``providers``: ``cpu``, ``cuda``, ``tensorrt`` in
+    order of preference; a missing one is logged as a warning and named in
+    ``runner.provider_warning``; ``runner.provider`` is the one in use.
+    Raises ModelError naming what does not fit.
+    """
+    path = Path(model_path)
+    card_obj = card if isinstance(card, ModelCard) else None
+    card_file = Path(card) if card is not None and card_obj is None else None
+    return ModelRunner.load(path, list(providers), card=card_obj, card_file=card_file, intra=threads,
+                            score_floor=1.0 if score_floor is None else score_floor)

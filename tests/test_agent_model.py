@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from agent.model import ModelError, ModelRunner, nms, to_frame_xyxy
+from agent.preprocess import Geometry
 from agent.sampling import iou_matrix
 from agent.onnxcheck import OnnxFormatError, external_data_tensors
 from agent.synthetic import SyntheticCamera
@@ -73,7 +74,7 @@ def test_preprocess_matches_the_card(tmp_path, layout, color, resize):
     image = SyntheticCamera(seed=8, width=64, height=32).frame(0).image
     tensor, geo = runner.preprocess(image)
     if resize == "letterbox":  # 64x32 into 32x32: scale 0.5, 8 rows of padding above and below
-        assert geo == (0.5, 0.0, 8.0)
+        assert geo == Geometry(0.5, 0.5, 0.0, 8.0)
         canvas = np.full((32, 32, 3), 114, np.uint8)
         canvas[8:24] = cv2.resize(image, (32, 16))
     else:
@@ -91,9 +92,9 @@ def test_nms_and_box_mapping():
     assert nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), 0.5).tolist() == [0, 2]
     assert nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), 0.95).tolist() == [0, 1, 2]
     # letterbox: a 200x100 frame in a 100x100 input is scaled by 0.5 and padded 25 px top and bottom
-    out = to_frame_xyxy(np.array([[0, 25, 50, 75]], np.float32), "xyxy", False, 100, 100, 200, 100, (0.5, 0.0, 25.0))
+    out = to_frame_xyxy(np.array([[0, 25, 50, 75]], np.float32), "xyxy", False, 100, 100, 200, 100, Geometry(0.5, 0.5, 0.0, 25.0))
     assert out.tolist() == [[0.0, 0.0, 0.5, 1.0]]
-    cxcywh = to_frame_xyxy(np.array([[0.5, 0.5, 0.2, 0.4]], np.float32), "cxcywh", True, 10, 10, 10, 10, (0, 0, 0))
+    cxcywh = to_frame_xyxy(np.array([[0.5, 0.5, 0.2, 0.4]], np.float32), "cxcywh", True, 10, 10, 10, 10, Geometry(1, 1, 0, 0))
     assert np.allclose(cxcywh, [[0.4, 0.3, 0.6, 0.7]])
 
 
