@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-
+from dataclasses import replace
 
 import sqlite_utils
 
@@ -60,9 +60,40 @@ def queue(db: sqlite_utils.Database, f: QueueFilter, limit: int, offset: int, no
         return ranking.expected_value(uncertainty, counts.get(predicted, 0), top, now - captured_at)
 
     db.conn.create_function("el_expected_value", 3, ev)
-    rows = db.execute(ITEM_SQL + sql_where + " ORDER BY el_expected_value(s.uncertainty, s.predicted_label,"
-                      " s.captured_at) DESC, e.id LIMIT ? OFFSET ?", args + [limit, offset]).fetchall()
+    if f.status == "pending_review" and offset < ranking.WINDOW:
+        return _diverse_page(db, sql_where, args, limit, offset), total
+    rows = db.execute(ITEM_SQL + sql_where + EV_ORDER + " LIMIT ? OFFSET ?", args + [limit, offset]).fetchall()
     return [_item(r) for r in rows], total
+
+
+# An import has no edge uncertainty: it ranks as half-uncertain, fresh from when it was added.
+EV_SQL = ("el_expected_value(coalesce(s.uncertainty, 0.5), s.predicted_label,"
+          " coalesce(s.captured_at, e.created_at))")
+EV_ORDER = f" ORDER BY {EV_SQL} DESC, e.id"
+
+
+def _diverse_page(db: sqlite_utils.Database, sql_where: str, args: list, limit: int, offset: int) -> list[Item]:
+    """The pending queue's page: the best ``ranking.WINDOW`` by expected value in their diverse order,
+    then the rest by expected value. Each item's ``reason`` starts with why it is where it is."""
+    cands = [ranking.Candidate(r[0], r[1], r[2], (r[3], r[4]), r[5], r[6]) for r in db.execute(
+        f"SELECT e.id, {EV_SQL}, e.embedding, s.model_name, s.model_version, s.uncertainty, s.strategy"
+        " FROM examples e LEFT JOIN samples s ON s.example_id = e.id" + sql_where + EV_ORDER + " LIMIT ?",
+        args + [ranking.WINDOW])]
+    order = ranking.diverse_order(cands)[offset:offset + limit]
+    by_id = {r[0]: _item(r) for r in _rows_by_id(db, [i for i, _ in order])}
+    page = [replace(by_id[i], reason=f"queue: {why}" + (f" · agent: {by_id[i].reason}" if by_id[i].reason else ""))
+            for i, why in order]
+    if len(page) < limit and len(cands) == ranking.WINDOW:
+        rows = db.execute(ITEM_SQL + sql_where + EV_ORDER + " LIMIT ? OFFSET ?",
+                          args + [limit - len(page), ranking.WINDOW]).fetchall()
+        page += [_item(r) for r in rows]
+    return page
+
+
+def _rows_by_id(db: sqlite_utils.Database, ids: list[int]) -> list[tuple]:
+    if not ids:
+        return []
+    return db.execute(ITEM_SQL + f" WHERE e.id IN ({','.join('?' * len(ids))})", ids).fetchall()
 
 
 def _state(row: Item) -> dict:

@@ -341,9 +341,11 @@ def _ingest(db: sqlite_utils.Database, incoming: list[IncomingSample]) -> Ingest
     # This is the only writer, so ids can be assigned here and both tables filled with executemany.
     first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM examples").fetchone()[0]
     ids_new = range(first, first + len(fresh))
-    _insert_rows(db, "INSERT INTO examples (id, blob, media_type, width, height, source, status, phash, created_at)",
+    _insert_rows(db, "INSERT INTO examples (id, blob, media_type, width, height, source, status, phash, created_at,"
+                 " embedding)",
                  [(i, inc.sha, "image/jpeg", inc.sample.width, inc.sample.height, "edge", "pending_review",
-                   inc.phash, inc.received_at) for i, inc in zip(ids_new, fresh)])
+                   inc.phash, inc.received_at, inc.sample.embedding or None)
+                  for i, inc in zip(ids_new, fresh)])
     _insert_rows(db, "INSERT INTO samples (example_id, frame_id, agent_id, camera_id, model_name, model_version,"
                  " task, captured_at, prediction, predicted_label, uncertainty, strategy, reason, received_at)",
                  [(i, s.frame_id, s.agent_id, s.camera_id, s.model_name, s.model_version, s.task, s.captured_at,
