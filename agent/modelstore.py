@@ -28,7 +28,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgeloop.files import atomic_write as edgeloop_atomic_write
+from protocol.files import atomic_write as _atomic_write
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    edgeloop_atomic_write(path, data)
+    _atomic_write(path, data)
 
 
 class ModelStore:

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeloop import __version__
+from protocol.version import SOFTWARE_VERSION as __version__
 from protocol import Box, Command, Sample, Status, Telemetry, encode, ProtocolError
 from protocol.messages import MAX_BOXES
 from protocol.topics import sample_topic

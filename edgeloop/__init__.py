@@ -1,10 +1,8 @@
 """edgeloop: edge active learning. The packages are ``agent`` (edge),
-``trainer`` (central) and ``protocol`` (shared); this one holds only the
-``edgeloop`` command and small helpers both sides use."""
+``trainer`` (central) and ``protocol`` (shared, the lowest floor); this one
+holds only the ``edgeloop`` command, the local broker launcher and the demo.
+Nothing below it imports it."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from protocol.version import SOFTWARE_VERSION as __version__
 
-try:
-    __version__ = _version("edgeloop")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+src"
+__all__ = ["__version__"]

@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeloop.files import atomic_write
+from protocol.files import atomic_write
 
 MODEL_NAME = "shapes"
 LABELS = ("circle", "square", "triangle")

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 
 from edgeloop.broker import LocalBroker, free_port
-from edgeloop.files import atomic_write_text
+from protocol.files import atomic_write_text
 
 from .configs import agent_config_text, server_config
 from .fleet import AgentProcesses

@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgeloop.files import atomic_write
+from protocol.files import atomic_write
 from protocol.manifest import generate_keypair, load_private_key, load_public_key
 
 log = logging.getLogger(__name__)

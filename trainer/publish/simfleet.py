@@ -220,11 +220,14 @@ class ModelServer:
     """Serve a FastAPI app with uvicorn on a free loopback port in a thread (tests, benchmarks, demo)."""
 
     def __init__(self, app, host: str = "127.0.0.1") -> None:
+        import socket
+
         import uvicorn
 
-        from edgeloop.broker import free_port
-
-        self.host, self.port = host, free_port()
+        with socket.socket() as s:  # a free port, asked of the kernel (trainer must not import edgeloop)
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        self.host, self.port = host, port
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning",
                                                     access_log=False, lifespan="off"))
         self._thread = threading.Thread(target=self.server.run, name="model-server", daemon=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from edgeloop.files import atomic_write
+from protocol.files import atomic_write
 from trainer.dataset import Example
 from trainer.train.errors import TrainingError
 
@@ -20,7 +20,7 @@ CHECKPOINT_FORMAT = "edgeloop.checkpoint/1"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """A crash leaves either the old file or the new one, never half of one (edgeloop.files)."""
+    """A crash leaves either the old file or the new one, never half of one (protocol.files)."""
     atomic_write(path, data)
 
 
@@ -55,7 +55,7 @@ def dataset_version(examples: Sequence[Example]) -> str:
 
 
 def code_version() -> str:
-    from edgeloop import __version__
+    from protocol.version import SOFTWARE_VERSION as __version__
 
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,

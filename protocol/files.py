@@ -1,4 +1,4 @@
-"""Atomic file writes, shared by the agent and the central side.
+"""Atomic file writes, shared by the agent and the central side (the lowest floor: no imports of ours).
 
 A model, checkpoint, key or state file written in place and cut short by a
 crash or a full disk is a corrupt file the next start loads. Here the bytes
