@@ -139,8 +139,8 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_server(data_dir: Path, task: str, labels: tuple[str, ...] = CLASSES):
-    """The real app under uvicorn in a thread; yields (base_url, store)."""
+def running_server(data_dir: Path, task: str, labels: tuple[str, ...] = CLASSES, **sections):
+    """The real app under uvicorn in a thread; yields (base_url, store). ``sections``: more config tables."""
     import uvicorn
 
     from trainer.server.app import create_app
@@ -151,6 +151,7 @@ def running_server(data_dir: Path, task: str, labels: tuple[str, ...] = CLASSES)
         "http": {"host": "127.0.0.1", "port": _free_port(), "token": TOKEN},
         "store": {"data_dir": str(data_dir)},
         "project": {"task": task, "labels": list(labels)},
+        **sections,
     })
     app = create_app(config)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.http.port, log_level="warning",

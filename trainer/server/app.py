@@ -8,14 +8,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api, api_data
+from . import api, api_assist, api_data
 from .auth import Auth, require_user
 from .config import ServerConfig, resolve_token
+from .guards import StrictJson, validation_error_handler
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,7 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
     app.state.auth = Auth(token, config.http)
     app.include_router(api.router)
     app.include_router(api_data.router)
+    app.include_router(api_assist.router)
     app.include_router(api.public)
     _docs_behind_login(app)
     from trainer.publish import routes as publish_routes
@@ -116,5 +119,7 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
         app.include_router(pages.router)
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_middleware(StrictJson)  # inside BodyLimit: it reads bodies that were already bounded
     app.add_middleware(BodyLimit, limit=config.http.max_body_bytes)
     return app

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             config = load_config(args.check_config)
             resolve_token(config)
+            _check_teacher(config)
         except ConfigError as e:
             print(e, file=sys.stderr)
             return 1
@@ -76,6 +77,18 @@ def run(args: argparse.Namespace) -> int:
     if not config.http.enabled:
         return _collector_only(config)
     return _serve(config, token, generated)
+
+
+def _check_teacher(config: ServerConfig) -> None:
+    """Load the [assist] teacher as the server would, so a deploy script sees a bad model before a restart."""
+    if not (config.assist and config.assist.enabled):
+        return
+    from trainer.assist.teacher import Teacher, TeacherError
+
+    try:
+        Teacher.load(config.assist, config.project.task, config.project.labels)
+    except TeacherError as e:
+        raise ConfigError(f"{e}") from e
 
 
 def _serve(config: ServerConfig, token: str, generated: bool) -> int:

@@ -14,6 +14,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from trainer.assist.config import AssistConfig
 from trainer.publish.service import PublishingConfig
 from trainer.rounds.pipeline import RoundsConfig
 
@@ -89,6 +90,9 @@ class ServerConfig(_Strict):
     # round's model is registered and gated but never announced.
     rounds: RoundsConfig | None = None
     publish: PublishingConfig | None = None
+    # A teacher model that pre-labels unlabelled items (trainer/assist); without it reviewers start from
+    # the edge model's prediction only.
+    assist: AssistConfig | None = None
 
     @model_validator(mode="after")
     def _same_model(self) -> "ServerConfig":

@@ -44,6 +44,22 @@ class BoxOut(BaseModel):
     label: str
 
 
+class PrelabelOut(BaseModel):
+    """A teacher's suggestion (trainer/assist): a prediction with its source and score, never a label itself."""
+
+    source: Literal["teacher"]
+    teacher: str = Field(description="key of the teacher: model file, card, label map and min score")
+    model_name: str
+    model_version: int
+    state: Literal["done", "failed"]
+    label: str | None = Field(description="classification: the top project label at or above min_score")
+    score: float | None = Field(description="classification: its probability; detection: the best box's")
+    scores: dict[str, float]
+    boxes: list[PredBox] = Field(description="detection: boxes in project labels, normalized 0-1")
+    error: str | None = Field(description="why the teacher failed on this image")
+    created_at: float
+
+
 class ItemOut(BaseModel):
     id: int
     image_url: str
@@ -69,6 +85,7 @@ class ItemOut(BaseModel):
     split: Literal["train", "val", "test"] | None
     labeled_by: str | None
     labeled_at: float | None
+    prelabel: PrelabelOut | None = Field(None, description="the newest teacher pre-label, if a teacher ran")
 
 
 class QueueOut(BaseModel):
@@ -187,4 +204,5 @@ def item_out(item: Item, task: str | None, labels: tuple[str, ...]) -> ItemOut:
         reason=item.reason, agent_id=item.agent_id, camera_id=item.camera_id, model_name=item.model_name,
         model_version=item.model_version, captured_at=item.captured_at, frame_id=item.frame_id,
         status=item.status, label=item.label, boxes=[BoxOut.model_validate(b) for b in item.boxes],
-        source=item.source, split=item.split, labeled_by=item.labeled_by, labeled_at=item.labeled_at)
+        source=item.source, split=item.split, labeled_by=item.labeled_by, labeled_at=item.labeled_at,
+        prelabel=PrelabelOut.model_validate(item.prelabel) if item.prelabel else None)

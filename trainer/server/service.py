@@ -23,6 +23,7 @@ class Service:
         self.registry = None  # trainer.publish.registry.Registry, with [rounds] or [publish]
         self.publishing = None  # trainer.publish.service.PublishingService, with [publish]
         self.rounds = None  # trainer.rounds.pipeline.RoundManager, with [rounds]
+        self.assist = None  # trainer.assist.worker.Assist, with [assist]
         self._stop = threading.Event()
         self._hasher: threading.Thread | None = None
 
@@ -35,6 +36,10 @@ class Service:
             self.collector = Collector(self.store, cfg.mqtt, self.metrics)
             self.collector.start()
         self._start_training_side()
+        if cfg.assist:
+            from trainer.assist.worker import Assist  # onnxruntime and OpenCV only when configured
+
+            self.assist = Assist(self.store, cfg.assist).start()  # a teacher that fails to load is logged, not fatal
         self._stop.clear()
         self._hasher = threading.Thread(target=self._hash_loop, name="phash", daemon=True)
         self._hasher.start()
@@ -88,6 +93,9 @@ class Service:
         if self._hasher:
             self._hasher.join(30)
             self._hasher = None
+        if self.assist:
+            self.assist.stop()
+            self.assist = None
         if self.rounds:
             self.rounds.close()
             self.rounds = None

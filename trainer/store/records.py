@@ -117,3 +117,4 @@ class Item:
     model_version: int | None = None
     captured_at: float | None = None
     task: str | None = None
+    prelabel: dict | None = None  # the newest teacher pre-label (trainer/assist), a prediction, not a label

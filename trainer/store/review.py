@@ -13,7 +13,9 @@ from .records import Conflict, InvalidLabel, Item, NotFound, Project, QueueFilte
 ITEM_SQL = (
     "SELECT e.id, e.blob, e.media_type, e.width, e.height, e.label, e.boxes, e.status, e.split, e.source,"
     " e.labeled_by, e.labeled_at, e.round_added, s.prediction, s.predicted_label, s.uncertainty, s.strategy,"
-    " s.reason, s.frame_id, s.agent_id, s.camera_id, s.model_name, s.model_version, s.captured_at, s.task"
+    " s.reason, s.frame_id, s.agent_id, s.camera_id, s.model_name, s.model_version, s.captured_at, s.task,"
+    " (SELECT json_array(p.teacher, p.model_name, p.model_version, p.state, p.label, p.score, p.scores, p.boxes,"
+    " p.error, p.created_at) FROM prelabels p WHERE p.example_id = e.id ORDER BY p.id DESC LIMIT 1)"
     " FROM examples e LEFT JOIN samples s ON s.example_id = e.id")
 STATE_KEYS = ("label", "boxes", "status", "labeled_by", "labeled_at", "round_added")
 MIN_PER_CLASS, GOOD, PRODUCTION = 10, 300, 1000
@@ -21,7 +23,16 @@ MIN_PER_CLASS, GOOD, PRODUCTION = 10, 300, 1000
 
 def _item(r: tuple) -> Item:
     pred = json.loads(r[13]) if r[13] else {"scores": {}, "boxes": []}
-    return Item(*r[:6], json.loads(r[6]), *r[7:13], pred, *r[14:])
+    return Item(*r[:6], json.loads(r[6]), *r[7:13], pred, *r[14:25], _prelabel(r[25]))
+
+
+def _prelabel(raw: str | None) -> dict | None:
+    if raw is None:
+        return None
+    r = json.loads(raw)
+    return {"source": "teacher", "teacher": r[0], "model_name": r[1], "model_version": r[2], "state": r[3],
+            "label": r[4], "score": r[5], "scores": json.loads(r[6]), "boxes": json.loads(r[7]), "error": r[8],
+            "created_at": r[9]}
 
 
 def item(db: sqlite_utils.Database, example_id: int) -> Item:
@@ -51,13 +62,17 @@ def queue(db: sqlite_utils.Database, f: QueueFilter, limit: int, offset: int, no
             where.append(f"{column} = ?")
             args.append(value)
     sql_where = " WHERE " + " AND ".join(where)
-    base = " FROM examples e JOIN samples s ON s.example_id = e.id" + sql_where
+    # LEFT JOIN: imported unlabelled images have no edge sample but are reviewed too (pre-labelled by a teacher).
+    base = " FROM examples e LEFT JOIN samples s ON s.example_id = e.id" + sql_where
     total = db.execute("SELECT count(*)" + base, args).fetchone()[0]
     counts = class_counts(db)
     top = max(counts.values(), default=0)
 
-    def ev(uncertainty: float, predicted: str | None, captured_at: float) -> float:
-        return ranking.expected_value(uncertainty, counts.get(predicted, 0), top, now - captured_at)
+    def ev(uncertainty: float | None, predicted: str | None, captured_at: float | None) -> float:
+        # SQLite hands NULL to a user function as None (an import has no edge sample); an exception here
+        # would fail the whole query.
+        age = now - captured_at if captured_at is not None else 0.0
+        return ranking.expected_value(uncertainty or 0.0, counts.get(predicted, 0), top, age)
 
     db.conn.create_function("el_expected_value", 3, ev)
     if f.status == "pending_review" and offset < ranking.WINDOW:
