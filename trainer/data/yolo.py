@@ -22,8 +22,14 @@ def _names(root: Path) -> list[str]:
     if (root / "data.yaml").is_file():
         import yaml
 
-        names = yaml.safe_load((root / "data.yaml").read_text()).get("names")
+        try:
+            data = yaml.safe_load((root / "data.yaml").read_text())
+        except yaml.YAMLError as e:  # includes tags safe_load refuses (!!python/...)
+            raise FormatError(f"{root}/data.yaml is not valid YAML: {str(e)[:200]}") from e
+        names = data.get("names") if isinstance(data, dict) else None
         if isinstance(names, dict):
+            if not all(isinstance(k, int) for k in names):
+                raise FormatError(f"{root}/data.yaml: names must be a list or map class numbers to names")
             return [str(names[k]) for k in sorted(names)]
         if isinstance(names, list):
             return [str(n) for n in names]

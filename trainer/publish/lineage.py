@@ -20,7 +20,8 @@ def example_lineage(example_id: int | str, registry: Registry, store=None) -> di
 
         text = str(example_id)
         item = None
-        if text.isdigit() and len(text) <= 18:  # store ids are SQLite integers
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if text.isascii() and text.isdigit() and len(text) <= 18:  # store ids are SQLite integers
             try:
                 item = store.item(int(text))
             except NotFound:

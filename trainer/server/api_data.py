@@ -37,10 +37,16 @@ class ImportOut(BaseModel):
 
 def _under(root: Path, relative: str) -> Path:
     """``relative`` resolved inside ``root``; anything escaping it (.., symlinks, absolute) is refused."""
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root.resolve()):
-        raise HTTPException(403, "path is outside the import root")
-    if not target.exists():
+    if any(ord(c) < 0x20 or c == "\x7f" for c in relative):
+        raise HTTPException(422, "the path contains control characters")
+    try:
+        target = (root / relative).resolve()
+        if not target.is_relative_to(root.resolve()):
+            raise HTTPException(403, "path is outside the import root")
+        exists = target.exists()
+    except (OSError, ValueError) as e:  # a name over the file system's limit, a NUL byte
+        raise HTTPException(422, f"unusable path: {type(e).__name__}") from e
+    if not exists:
         raise HTTPException(404, "no such path under the import root")
     return target
 

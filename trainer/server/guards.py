@@ -1,0 +1,120 @@
+"""Request guards shared by every route: strict JSON bodies and validation errors that always render.
+
+``StrictJson`` is ASGI middleware: it reads a JSON request body once (``BodyLimit`` outside it bounds
+the size) and refuses, with the same 422 shape FastAPI uses for a JSON decode error, what Python's
+``json`` module would accept but JSON does not allow or a response cannot carry: ``NaN``,
+``Infinity``, numbers that overflow to infinity (``1e999``), lone UTF-16 surrogates (``"\\ud800"``),
+invalid UTF-8 and nesting deep enough to exhaust the recursion limit. Routes therefore never see
+such values, whichever router they come from. It runs on the event loop and waits only on the
+request body.
+
+``validation_error_handler`` renders pydantic's errors without echoing the input: an input that
+is large, binary or unencodable must not turn a 422 into a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _constant(name: str) -> Any:
+    raise _Refused(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(f"number {text[:32]} is out of range")
+    return value
+
+
+def json_problem(body: bytes) -> str | None:
+    """Why ``body`` is not strict, renderable JSON (None when it is)."""
+    try:
+        value = json.loads(body, parse_constant=_constant, parse_float=_finite)
+        # Re-encoding as UTF-8 is what a response would do; a lone surrogate fails here.
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except _Refused as e:
+        return str(e)
+    except UnicodeError:
+        return "text must be valid UTF-8 without lone surrogates"
+    except RecursionError:
+        return "JSON nested too deeply"
+    except ValueError as e:  # JSONDecodeError, and int() over Python's digit limit
+        return f"invalid JSON: {str(e)[:120]}"
+    return None
+
+
+def _is_json(scope: Scope) -> bool:
+    ctype = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+    return ctype == b"application/json" or (ctype.startswith(b"application/") and ctype.endswith(b"+json"))
+
+
+def _error(msg: str) -> dict:
+    return {"detail": [{"type": "json_invalid", "loc": ["body"], "msg": msg}]}
+
+
+class StrictJson:
+    """Refuse non-standard JSON bodies (422) before any route parses them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS or not _is_json(scope):
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        problem = json_problem(body) if body else None
+        if problem is not None:
+            return await JSONResponse(_error(problem), 422)(scope, receive, send)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+        await self.app(scope, replay, send)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe copy of an error detail: finite numbers as they are, anything else as short text."""
+    if value is None or isinstance(value, bool) or (isinstance(value, int) and abs(value) < 2**63):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    text = value if isinstance(value, str) else ascii(value)
+    return text[:200].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 shape (type, loc, msg, ctx) without the ``input`` it would echo."""
+    errors = []
+    for e in exc.errors():
+        out = {"type": _plain(e.get("type", "")), "loc": [_plain(p) for p in e.get("loc", ())],
+               "msg": _plain(str(e.get("msg", "")))}
+        if isinstance(e.get("ctx"), dict):
+            out["ctx"] = {str(k): _plain(v) for k, v in e["ctx"].items()}
+        errors.append(out)
+    return JSONResponse({"detail": errors}, 422)
