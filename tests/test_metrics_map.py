@@ -82,4 +82,24 @@ def test_perfect_predictions_score_one_and_absent_classes_are_none():
     preds = [{"boxes": np.array([[10, 10, 50, 50.0]]), "labels": np.array([1]), "scores": np.array([0.9])}]
     m = detection_metrics(preds, targets, LABELS)
     assert m["map"] == pytest.approx(1.0) and m["map_50"] == pytest.approx(1.0)
-    assert m["per_class"]["square"] == {"ap": None, "ap_50": None}
+    assert m["per_class"]["square"] == {"ap": None, "ap_50": None, "support": 0}
+    assert m["per_class"]["circle"]["support"] == 1
+
+
+def test_support_counts_ground_truth_boxes_per_class():
+    preds, targets = fixed_set(0)
+    m = detection_metrics(preds, targets, LABELS)
+    want = np.bincount(np.concatenate([t["labels"] for t in targets]), minlength=4)[1:]
+    assert [m["per_class"][n]["support"] for n in LABELS] == want.tolist()
+
+
+def test_low_scores_count_ap_ranks_boxes_it_does_not_cut_them():
+    """Perfect boxes scored 0.01-0.05 (below any deployment threshold) are a perfect ranking: mAP 1.
+    Scaling every score changes nothing; only the order matters."""
+    preds, targets = fixed_set(1)
+    exact = [{"boxes": t["boxes"], "labels": t["labels"], "scores": np.linspace(0.01, 0.05, len(t["labels"]))}
+             for t in targets]
+    assert detection_metrics(exact, targets, LABELS)["map_50"] == pytest.approx(1.0)
+    low = [dict(p, scores=p["scores"] * 0.01) for p in preds]
+    assert detection_metrics(low, targets, LABELS)["map"] == pytest.approx(
+        detection_metrics(preds, targets, LABELS)["map"], abs=1e-9)

@@ -27,24 +27,50 @@ def test_better_candidate_passes():
     assert d.metric == "accuracy" and d.candidate == 0.9 and d.current == 0.8
 
 
-def test_equal_candidate_passes_with_zero_margin_despite_float_noise():
-    d = decide(cls_metrics(0.1 + 0.2), cls_metrics(0.3), None, None, False)
-    assert d.publish, d.reasons
+def test_equal_scores_never_pass_classification():
+    # The headless demo once published a candidate that scored 0.611 like the fleet model.
+    d = decide(cls_metrics(0.611), cls_metrics(0.611), per_class(a=0.6), per_class(a=0.6), False)
+    assert not d.publish
+    assert d.reasons == ["accuracy 0.6110 vs fleet 0.6110: equal, and a candidate must beat the fleet model"]
+
+
+def test_equal_within_float_noise_is_still_a_tie():
+    assert not decide(cls_metrics(0.1 + 0.2), cls_metrics(0.3), None, None, False).publish
+
+
+def test_detection_tie_at_zero_never_passes():
+    d = decide({"map": 0.0, "map_50": 0.0}, {"map": 0.0, "map_50": 0.0}, None, None, False)
+    assert not d.publish and d.metric == "map_50"
+    assert d.reasons == ["map_50 0.0000 vs fleet 0.0000: equal, and a candidate must beat the fleet model"]
 
 
 def test_worse_candidate_is_not_published():
     d = decide(cls_metrics(0.79), cls_metrics(0.8), per_class(a=0.8), per_class(a=0.8), False)
     assert not d.publish
-    assert any("accuracy 0.7900 vs fleet 0.8000" in r for r in d.reasons)
+    assert any(r == "accuracy 0.7900 vs fleet 0.8000: worse by 0.0100" for r in d.reasons)
 
 
-def test_margin_respected_both_ways():
+def test_gain_below_min_gain_is_refused_and_at_min_gain_passes():
     must_gain = GateConfig(min_gain=0.05)
-    assert not decide(cls_metrics(0.84), cls_metrics(0.8), None, None, False, must_gain).publish
+    d = decide(cls_metrics(0.84), cls_metrics(0.8), None, None, False, must_gain)
+    assert not d.publish and d.reasons == ["accuracy 0.8400 vs fleet 0.8000: gain +0.0400 below min_gain +0.0500"]
     assert decide(cls_metrics(0.85), cls_metrics(0.8), None, None, False, must_gain).publish
-    tolerant = GateConfig(min_gain=-0.02)
-    assert decide(cls_metrics(0.785), cls_metrics(0.8), None, None, False, tolerant).publish
-    assert not decide(cls_metrics(0.77), cls_metrics(0.8), None, None, False, tolerant).publish
+    det = decide({"map_50": 0.52}, {"map_50": 0.5}, None, None, False, must_gain)
+    assert not det.publish and "below min_gain" in det.reasons[0]
+
+
+def test_negative_min_gain_is_refused_with_the_way_out():
+    with pytest.raises(ValidationError, match="require_gain = false"):
+        GateConfig(min_gain=-0.02)
+
+
+def test_require_gain_off_skips_only_the_headline_comparison():
+    off = GateConfig(require_gain=False, max_class_drop=0.1)
+    assert decide(cls_metrics(0.7), cls_metrics(0.8), None, None, False, off).publish
+    assert decide(cls_metrics(0.8), cls_metrics(0.8), None, None, False, off).publish
+    d = decide(cls_metrics(0.8), cls_metrics(0.8), per_class(a=0.5), per_class(a=0.9), False, off)
+    assert not d.publish and "class 'a': recall dropped" in d.reasons[0]
+    assert not decide(cls_metrics(0.9), cls_metrics(0.8), None, None, True, off).publish
 
 
 def test_per_class_drop_refused_even_when_accuracy_improves():
@@ -87,7 +113,18 @@ def test_detection_uses_map50_and_per_class_ap():
     assert d.metric == "map_50"
     assert d.reasons == ["class 'cat': ap_50 dropped 0.7000 -> 0.5000 (more than 0.1000)"]
     strict = decide(cand, cur, pc_cand, pc_cur, False, GateConfig(metric="map", max_class_drop=0.1))
-    assert any("map 0.4000 vs fleet 0.4500" in r for r in strict.reasons)
+    assert any("map 0.4000 vs fleet 0.4500: worse" in r for r in strict.reasons)
+
+
+def test_detection_per_class_ap_drop_refused_with_enough_support():
+    cand, cur = {"map_50": 0.72}, {"map_50": 0.70}
+    pc_cur = {"car": {"ap_50": 0.8, "support": 40}, "bike": {"ap_50": 0.6, "support": 12}}
+    pc_cand = {"car": {"ap_50": 0.9, "support": 40}, "bike": {"ap_50": 0.45, "support": 12}}
+    d = decide(cand, cur, pc_cand, pc_cur, False, GateConfig(max_class_drop=0.1, min_class_support=10))
+    assert not d.publish
+    assert d.reasons == ["class 'bike': ap_50 dropped 0.6000 -> 0.4500 (more than 0.1000)"]
+    # Twelve bikes in the test split are too few to judge when 20 are asked for.
+    assert decide(cand, cur, pc_cand, pc_cur, False, GateConfig(max_class_drop=0.1, min_class_support=20)).publish
 
 
 def test_detection_class_without_ground_truth_is_not_judged():

@@ -5,6 +5,12 @@ examples: each round's own test metrics are measured on that round's test
 split, which grows as new data arrives, so two rounds' figures are not
 comparable. Running both exported ONNX files through ``agent.model`` also
 judges exactly what the fleet would run (preprocessing and decoding included).
+
+Detection keeps every box down to ``EVAL_SCORE_FLOOR``, as COCO evaluation
+does, not only those above the card's ``score_threshold``: AP integrates
+precision over all scores, and a cut at the threshold would give a model
+whose correct boxes all score just below it an mAP of 0. The agents still
+apply the card's threshold at run time.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 from trainer.dataset import Example
 
 log = logging.getLogger(__name__)
+EVAL_SCORE_FLOOR = 0.001  # COCO / YOLO validation practice; max_detections still caps each image
 
 
 def evaluate_model(model_path: str | Path, examples: Sequence[Example], labels: Sequence[str], task: str) -> dict:
@@ -26,7 +33,7 @@ def evaluate_model(model_path: str | Path, examples: Sequence[Example], labels: 
     from agent.model import ModelRunner
     from trainer.train.metrics import classification_metrics, detection_metrics
 
-    runner = ModelRunner.load(Path(model_path), ["cpu"])
+    runner = ModelRunner.load(Path(model_path), ["cpu"], score_floor=EVAL_SCORE_FLOOR)
     index = {name: i for i, name in enumerate(labels)}
     examples = _readable(examples)
     if task == "classification":

@@ -50,7 +50,10 @@ def detection_metrics(predictions: Sequence[dict], targets: Sequence[dict], labe
     ``predictions``: per image ``{"boxes": [K,4] xyxy, "scores": [K], "labels": [K]}``;
     ``targets``: per image ``{"boxes", "labels"}``; labels are 1-based indices
     into ``labels`` (0 is background), boxes in any common pixel scale.
-    A class with no ground truth in the set gets ``None``.
+    Every prediction counts, whatever its score: pass them down to a low
+    floor (COCO keeps 100 per image), not cut at a deployment threshold.
+    A class with no ground truth in the set gets ``None``; ``support`` is its
+    number of ground-truth boxes (the gate ignores classes with too few).
     """
     from torchmetrics.detection import MeanAveragePrecision
 
@@ -77,7 +80,9 @@ def detection_metrics(predictions: Sequence[dict], targets: Sequence[dict], labe
                                       rec_thresholds=coco_recall, backend="faster_coco_eval")
         metric.update(preds, gts)
         results[key] = metric.compute()
-    per_class = {name: {"ap": None, "ap_50": None} for name in labels}
+    support = torch.bincount(torch.cat([t["labels"] for t in gts] or [torch.zeros(0, dtype=torch.int64)]),
+                             minlength=len(labels) + 1).tolist()
+    per_class = {name: {"ap": None, "ap_50": None, "support": int(support[i + 1])} for i, name in enumerate(labels)}
     for key, ap_key in (("map", "ap"), ("map_50", "ap_50")):
         r = results[key]
         classes = r["classes"].reshape(-1).tolist()
