@@ -184,7 +184,8 @@ class UpdatesConfig(_Strict):
     trusted_keys: list[str] = []  # Ed25519 public keys: base64 of the 32 raw bytes, or PEM
     trusted_key_files: list[Path] = []
     max_download_bytes: int = Field(512 * 1024 * 1024, ge=1024)
-    download_timeout_s: float = Field(60.0, gt=0, le=3600)
+    download_timeout_s: float = Field(60.0, gt=0, le=3600)  # the longest wait for the next byte
+    download_deadline_s: float = Field(900.0, gt=0, le=86400)  # the whole download, connect to last byte
     allow_http: bool = False  # plain http only for a lab; the signature still protects the content
     health: HealthConfig = HealthConfig()
 

@@ -7,8 +7,9 @@ An announcement is trusted only after each step passes, in this order:
 2. it names our model, a version higher than the one running and not blocked
    by an earlier rollback, and its cohort includes this agent;
 3. its card parses and agrees with the manifest (name, version, task, labels);
-4. the download (http only when allowed) stops at the signed size and the
-   size cap, and its size and sha256 match the manifest, before any parsing;
+4. the download (http only when allowed, agent.download) stops at the signed
+   size and the size cap and at ``download_deadline_s`` for the whole
+   transfer, and its size and sha256 match the manifest, before any parsing;
 5. the file holds no external-data references (agent.onnxcheck);
 6. it loads from its own directory, warms up, and its shapes fit the card.
 
@@ -28,18 +29,23 @@ version is on probation is checked (signature, version, cohort) and then
 held, the newest one only, until the window passes or fails; only then is it
 installed. A failed window goes back to ``state.json``'s ``good`` (the last
 version that passed its window), which pruning never deletes.
+
+Threads: the ``updater`` thread takes announcements (and judges the health
+window five times a second); it may wait on a download (bounded by
+``download_deadline_s``) and on loading a model. Commands have their own
+``updater-commands`` thread, so a rollback never queues behind a download:
+``request_rollback`` cancels the download in flight (its socket is shut
+down) and stops an install that has not reached its commit point; the
+rollback then waits only for the updater's lock, which an install holds for
+the moment the cancellation takes to land, or for a model load in progress.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import queue
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -49,13 +55,13 @@ from protocol.manifest import Manifest, verify
 from protocol.modelcard import ModelCard, card_from_dict
 
 from .config import AgentConfig, trusted_keys
+from .download import Download, DownloadError
 from .health import HealthWindow
 from .model import ModelError, ModelRunner
 from .modelstore import ModelRef, ModelState, ModelStore
 from .onnxcheck import OnnxFormatError, external_data_tensors
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 16
 HEALTH_POLL_S = 0.2  # how often the updater thread looks at the health window
 
 
@@ -104,6 +110,11 @@ class Updater:
         self.keys = trusted_keys(cfg.updates)
         self._jobs: queue.Queue = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._run, name="updater", daemon=True)
+        self._commands: queue.Queue = queue.Queue(maxsize=8)
+        self._command_thread = threading.Thread(target=self._run_commands, name="updater-commands", daemon=True)
+        self._cancel_lock = threading.Lock()
+        self._transfer: Download | None = None  # the transfer in flight, for request_rollback to cancel
+        self._epoch = 0  # bumped by every rollback request: an install begun before it never commits
         self._lock = threading.Lock()  # one update or rollback at a time
         self._deferred: tuple[Announcement, int] | None = None  # (announcement, version) held during probation
 
@@ -144,13 +155,17 @@ class Updater:
 
     def start(self) -> None:
         self._thread.start()
+        self._command_thread.start()
 
     def stop(self) -> None:
-        try:
-            self._jobs.put_nowait(None)
-        except queue.Full:
-            pass
+        self._cancel_install()
+        for q in (self._jobs, self._commands):
+            try:
+                q.put_nowait(None)
+            except queue.Full:
+                pass
         self._thread.join(10)
+        self._command_thread.join(10)
 
     def submit(self, announcement: Announcement) -> None:
         try:
@@ -159,10 +174,33 @@ class Updater:
             log.warning("update queue full: announcement dropped (a retained one comes again on reconnect)")
 
     def request_rollback(self) -> None:
+        """Called from the MQTT thread: abort an install in flight, then roll back on the command thread."""
+        self._cancel_install()
         try:
-            self._jobs.put_nowait(("rollback", None))
+            self._commands.put_nowait(("rollback", None))
         except queue.Full:
-            log.warning("update queue full: rollback dropped")
+            log.warning("command queue full: rollback dropped")
+
+    def _cancel_install(self) -> None:
+        with self._cancel_lock:
+            self._epoch += 1
+            download = self._transfer
+        if download is not None:
+            log.warning("cancelling the model download in flight (%s)", download.url)
+            download.cancel()
+
+    def _cancelled(self, epoch: int) -> bool:
+        with self._cancel_lock:
+            return self._epoch != epoch
+
+    def _run_commands(self) -> None:
+        while (job := self._commands.get()) is not None:
+            try:
+                self.rollback()
+            except Exception:  # keep the thread alive
+                log.exception("model %s failed unexpectedly", job[0])
+                self.holder.report("failed", f"{job[0]} failed unexpectedly; see the agent log")
+                self.on_change()
 
     def _run(self) -> None:
         while True:
@@ -176,8 +214,6 @@ class Updater:
             try:
                 if kind == "announce":
                     self.apply(arg)
-                elif kind == "rollback":
-                    self.rollback()
                 self.check_health()  # also installs an announcement held during a probation that just ended
             except Exception:  # keep the updater alive whatever a bad announcement triggers
                 log.exception("model %s failed unexpectedly", kind)
@@ -263,12 +299,16 @@ class Updater:
 
     def _install(self, ann: Announcement, manifest: Manifest) -> bool:
         card = self._card(manifest)
+        with self._cancel_lock:
+            epoch = self._epoch
         self.holder.report("updating", f"installing v{manifest.version}")
         self.on_change()
         part = self.store.incoming / f"v{manifest.version}.part"
         try:
             self._download(ann.url, manifest, part)
             self._check_file(part)
+            if self._cancelled(epoch):
+                raise UpdateRefused("cancelled", "a rollback command came during the install")
             path = self.store.install(manifest.version, part, manifest.card)
         finally:
             part.unlink(missing_ok=True)
@@ -278,6 +318,9 @@ class Updater:
         except ModelError as e:
             self.store.prune(self._keep(self.store.load()))
             raise UpdateRefused("bad_model", str(e)) from e
+        if self._cancelled(epoch):
+            self.store.prune(self._keep(self.store.load()))
+            raise UpdateRefused("cancelled", "a rollback command came during the install")
         new_ref = ModelRef(manifest.version, str(path), manifest.card)
         old = self.holder.ref
         state = self.store.load()
@@ -301,38 +344,24 @@ class Updater:
 
     def _download(self, url: str, manifest: Manifest, dest: Path) -> None:
         u = self.cfg.updates
-        if url.startswith("http://") and not u.allow_http:
-            raise UpdateRefused("insecure_url", f"{url} is plain http and updates.allow_http is false")
-        cap = min(manifest.size, u.max_download_bytes)
         if manifest.size > u.max_download_bytes:
             raise UpdateRefused("too_large", f"{manifest.size} bytes > updates.max_download_bytes")
+        download = Download(url, deadline_s=u.download_deadline_s, read_timeout_s=u.download_timeout_s,
+                            allow_http=u.allow_http)
+        with self._cancel_lock:
+            self._transfer = download
         try:
-            with urllib.request.urlopen(url, timeout=u.download_timeout_s) as resp:
-                length = resp.headers.get("Content-Length")
-                if length is not None and length.isdigit() and int(length) != manifest.size:
-                    raise UpdateRefused("size_mismatch", f"server offers {length} bytes, manifest says {manifest.size}")
-                n, digest = self._save(resp, dest, cap, manifest.size)
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise UpdateRefused("download_failed", f"{url}: {e}") from e
+            n, digest = download.save(dest, manifest.size)
+        except DownloadError as e:
+            raise UpdateRefused(e.reason, e.detail) from e
+        finally:
+            with self._cancel_lock:
+                self._transfer = None
         if n != manifest.size:
             raise UpdateRefused("size_mismatch", f"downloaded {n} bytes, manifest says {manifest.size}")
         if digest != manifest.sha256:
             raise UpdateRefused("sha256_mismatch", f"downloaded file's sha256 {digest[:16]}... does not match "
                                                    f"the signed {manifest.sha256[:16]}...")
-
-    @staticmethod
-    def _save(resp, dest: Path, cap: int, size: int) -> tuple[int, str]:
-        """Stream the body to ``dest`` (unbuffered, fsynced); return (bytes, sha256 hex); stop past ``cap``."""
-        h, n = hashlib.sha256(), 0
-        with open(dest, "wb", buffering=0) as fh:
-            while block := resp.read1(CHUNK):  # what has arrived, not a full chunk
-                n += len(block)
-                if n > cap:
-                    raise UpdateRefused("size_mismatch", f"download exceeds the signed size {size}")
-                h.update(block)
-                fh.write(block)
-            os.fsync(fh.fileno())
-        return n, h.hexdigest()
 
     @staticmethod
     def _check_file(path: Path) -> None:
