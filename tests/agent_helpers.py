@@ -287,3 +287,38 @@ def site(tmp_path):
     server = FileServer(root)
     yield root, server.url
     server.close()
+
+
+def make_constant_model(path: Path, outputs: dict[str, np.ndarray], input_shape=(1, 3, 32, 32),
+                        input_dtype: str = "float32", card: dict | None = None, fault: str | None = None) -> Path:
+    """A real ONNX model whose outputs are the given tensors whatever the frame, so the decode is known.
+
+    Each output is ``value + 0 * mean(input)`` (the input is really read); with ``fault="nan"`` the term is
+    ``0 * sqrt(-mean(input))``: finite for the zero warm-up tensor, NaN for any frame that is not black.
+    ``card`` goes into the metadata when given (otherwise give the runner a card file).
+    """
+    elem = TensorProto.FLOAT if input_dtype == "float32" else TensorProto.UINT8
+    nodes = [helper.make_node("Cast", ["image"], ["as_float"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["as_float"], ["mean"], keepdims=0)]
+    if fault == "nan":
+        nodes += [helper.make_node("Neg", ["mean"], ["neg"]), helper.make_node("Sqrt", ["neg"], ["root"]),
+                  helper.make_node("Mul", ["root", "zero"], ["term"])]
+    else:
+        nodes.append(helper.make_node("Mul", ["mean", "zero"], ["term"]))
+    inits = [numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    outs = []
+    for name, value in outputs.items():
+        value = np.asarray(value, np.float32)
+        inits.append(numpy_helper.from_array(value, f"{name}_value"))
+        nodes.append(helper.make_node("Add", [f"{name}_value", "term"], [name]))
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape)))
+    graph = helper.make_graph(nodes, "constant", [helper.make_tensor_value_info("image", elem, list(input_shape))],
+                              outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if card is not None:
+        helper.set_model_props(model, {CARD_METADATA_KEY: json.dumps(card)})
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
