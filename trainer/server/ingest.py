@@ -44,7 +44,7 @@ class Raw:
 
 @dataclass
 class _Batch:
-    samples: dict  # frame_id -> (Sample, list of Raw)
+    samples: dict  # (agent_id, frame_id) -> (Sample, list of Raw)
     fleet_status: list
     fleet_telemetry: list
     dead: list  # DeadLetter
@@ -213,7 +213,7 @@ class Collector:
             if result is None:
                 continue  # stopping: nothing acked, so the broker redelivers to the next collector
             try:
-                self._send_receipts(b, result.stored)
+                self._send_receipts(b, result.stored, result.conflicts)
             except Exception:  # stored anyway: the agent resends and gets its receipt then
                 log.exception("receipts for a committed batch could not be sent")
             for raw in b.acks:
@@ -230,7 +230,11 @@ class Collector:
                 self._dead(b, raw, e.reason, e.detail, now)
                 continue
             if isinstance(msg, protocol.Sample):
-                b.samples.setdefault(msg.frame_id, (msg, []))[1].append(raw)
+                if not msg.frame_id.startswith(msg.agent_id + "."):
+                    # Frame ids are "<agent>.<camera>.<n>": another agent's id would shadow its real frame.
+                    self._dead(b, raw, "frame_id_not_owned", f"{msg.frame_id!r:.200} from {msg.agent_id}", now)
+                    continue
+                b.samples.setdefault((msg.agent_id, msg.frame_id), (msg, []))[1].append(raw)
             elif isinstance(msg, protocol.Status):
                 b.fleet_status.append(msg)
             elif isinstance(msg, protocol.Telemetry):
@@ -276,10 +280,15 @@ class Collector:
         self.metrics.inc("ingest_duplicates", result.duplicates)
         return result
 
-    def _send_receipts(self, b: _Batch, stored: tuple[str, ...]) -> None:
+    def _send_receipts(self, b: _Batch, stored: tuple[str, ...], conflicts: tuple = ()) -> None:
         by_agent: dict[str, list[str]] = {}
-        for frame_id in stored:
-            by_agent.setdefault(b.samples[frame_id][0].agent_id, []).append(frame_id)
+        kept, taken = set(stored), set(conflicts)
+        for agent, frame_id in b.samples:
+            if (agent, frame_id) in taken:
+                self.metrics.inc("dead_letters", label="frame_id_conflict")
+                b.rejected.setdefault(agent, []).append((frame_id, "frame_id_conflict"))
+            elif frame_id in kept:
+                by_agent.setdefault(agent, []).append(frame_id)
         for agent in set(by_agent) | set(b.rejected):
             ok, bad = by_agent.get(agent, []), b.rejected.get(agent, [])
             for i in range(0, max(len(ok), len(bad)), MAX_IDS_PER_RECEIPT):

@@ -47,6 +47,8 @@ class IngestResult:
     stored: tuple[str, ...]  # every frame id now safely stored, new or seen before
     new: int
     duplicates: int
+    # (agent_id, frame_id): a frame id already stored for another agent; never receipt these as stored
+    conflicts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -329,12 +329,16 @@ def _prediction(s) -> tuple[dict, str | None]:
 
 def _ingest(db: sqlite_utils.Database, incoming: list[IncomingSample]) -> IngestResult:
     ids = [i.sample.frame_id for i in incoming]
-    seen = _existing(db, "samples", "frame_id", ids)
-    fresh = []
+    owner = _owners(db, ids)  # frame_id -> the agent that stored it
+    fresh, conflicts = [], []
     for inc in incoming:
-        if inc.sample.frame_id not in seen:
-            seen.add(inc.sample.frame_id)
+        fid, agent = inc.sample.frame_id, inc.sample.agent_id
+        if fid not in owner:
+            owner[fid] = agent
             fresh.append(inc)
+        elif owner[fid] != agent and (agent, fid) not in conflicts:
+            # Another agent's frame: receipting it as stored would make this agent drop a frame never kept.
+            conflicts.append((agent, fid))
     _put_blobs(db, [(inc.sha, inc.sample.jpeg) for inc in fresh])
     for task, labels in dict.fromkeys((inc.sample.task, tuple(inc.sample.labels)) for inc in fresh):
         _ensure_project(db, task, labels)
@@ -352,8 +356,20 @@ def _ingest(db: sqlite_utils.Database, incoming: list[IncomingSample]) -> Ingest
                    json.dumps(pred), predicted, s.uncertainty, s.strategy, s.reason, inc.received_at)
                   for i, inc in zip(ids_new, fresh) for s in (inc.sample,) for pred, predicted in (_prediction(s),)])
     new = len(fresh)
-    _incr(db, {"ingest_stored": new, "ingest_duplicates": len(incoming) - new})
-    return IngestResult(stored=tuple(dict.fromkeys(ids)), new=new, duplicates=len(incoming) - new)
+    stored = tuple(dict.fromkeys(i.sample.frame_id for i in incoming if owner[i.sample.frame_id] == i.sample.agent_id))
+    duplicates = sum(1 for i in incoming if owner[i.sample.frame_id] == i.sample.agent_id) - new
+    _incr(db, {"ingest_stored": new, "ingest_duplicates": duplicates, "ingest_frame_id_conflicts": len(conflicts)})
+    return IngestResult(stored=stored, new=new, duplicates=duplicates, conflicts=tuple(conflicts))
+
+
+def _owners(db: sqlite_utils.Database, frame_ids: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for start in range(0, len(frame_ids), 500):
+        part = frame_ids[start:start + 500]
+        rows = db.execute(f"SELECT frame_id, agent_id FROM samples WHERE frame_id IN ({','.join('?' * len(part))})",
+                          part)
+        found.update(rows.fetchall())
+    return found
 
 
 def _existing(db: sqlite_utils.Database, table: str, column: str, values: list[str]) -> set[str]:
