@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.model import ModelError, ModelRunner, nms
+from agent.decode import nms
+from agent.model import ModelError, ModelRunner, load_runner
 
 from .config import AssistConfig
 
@@ -58,8 +59,7 @@ class Teacher:
         if not cfg.model.is_file():
             raise TeacherError(f"assist.model {cfg.model} is not a file")
         try:
-            runner = ModelRunner.load(cfg.model, list(cfg.providers), card_file=cfg.card, intra=cfg.threads,
-                                      inter=1, score_floor=cfg.min_score)
+            runner = load_runner(cfg.model, cfg.card, cfg.providers, score_floor=cfg.min_score, threads=cfg.threads)
         except ModelError as e:
             raise TeacherError(f"assist.model {cfg.model}: {e}") from e
         card = runner.card

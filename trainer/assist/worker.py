@@ -105,7 +105,9 @@ class Assist:
                "teacher": None, "counts": None}
         if t is not None:
             out["teacher"] = {"name": t.name, "version": t.version, "task": t.task, "key": t.key, "sha256": t.sha256,
-                              "labels": list(t.runner.card.labels), "mapping": t.mapping}
+                              "labels": list(t.runner.card.labels), "mapping": t.mapping,
+                              "provider": getattr(t.runner, "provider", None),
+                              "provider_warning": getattr(t.runner, "provider_warning", None) or None}
             out["counts"] = prelabels.counts(self.store, t.key)
         return out
 

@@ -26,6 +26,8 @@ class TeacherOut(BaseModel):
     sha256: str
     labels: list[str]
     mapping: dict[str, str] = Field(description="teacher label -> project label, for every label kept")
+    provider: str | None = Field(None, description="the onnxruntime provider in use")
+    provider_warning: str | None = Field(None, description="a requested provider that is missing")
 
 
 class CountsOut(BaseModel):
