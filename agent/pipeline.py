@@ -28,6 +28,7 @@ import numpy as np
 
 from protocol.version import SOFTWARE_VERSION as __version__
 from protocol import Box, Command, Sample, Status, Telemetry, encode, ProtocolError
+from protocol.embedding import quantize_embedding
 from protocol.messages import MAX_BOXES
 from protocol.topics import sample_topic
 
@@ -252,7 +253,8 @@ class Agent:
             captured_at=p.frame.captured_at, model_name=p.model_name, model_version=p.model_version,
             task=pred.task, labels=pred.labels, scores=tuple(float(s) for s in pred.scores), boxes=boxes,
             uncertainty=min(float(d.uncertainty), 1e6), strategy=d.strategy, reason=d.reason[:512],
-            width=w, height=h, jpeg=buf.tobytes())
+            width=w, height=h, jpeg=buf.tobytes(),
+            embedding=quantize_embedding(pred.embedding) if pred.embedding is not None else b"")
 
     # -- status, telemetry, commands ------------------------------------------------------
 
@@ -268,24 +270,26 @@ class Agent:
             ref, runner = self.holder.ref, self.holder.runner
             model_state, detail = self.holder.model_state, self.holder.detail
         cams = self._cameras_detail()
-        detail = "; ".join(x for x in (detail, cams) if x)
+        warning = f"warning: {runner.provider_warning}" if runner and runner.provider_warning else ""
+        detail = "; ".join(x for x in (detail, warning, cams) if x)
         return Status(agent_id=self.cfg.agent_id, state=state, at=time.time(), software_version=__version__,
                       model_name=runner.name if runner else self.cfg.model.name,
                       model_version=max(ref.version, 0) if ref else 0, model_state=model_state,
                       cameras=tuple(c.id for c in self.cfg.cameras), cohorts=tuple(self.cfg.groups),
-                      detail=detail[:1024])
+                      detail=detail[:1024], provider=runner.provider if runner else "")
 
     def telemetry(self) -> Telemetry:
         p50, p99 = self.latency.percentiles_ms()
         stats = self.outbox.stats()
-        ref = self.holder.ref
+        ref, runner = self.holder.ref, self.holder.runner
         return Telemetry(
             agent_id=self.cfg.agent_id, at=time.time(), period_s=self.cfg.uplink.telemetry_period_s,
             model_version=max(ref.version, 0) if ref else 0, fps=self.fps.rate(), latency_p50_ms=p50,
             latency_p99_ms=p99, frames=self.frames, sampled=self.sampled, inference_errors=self.inference_errors,
             outbox_depth=stats.pending, outbox_bytes=stats.disk_bytes,
             drops={**self.counters.snapshot(), "evicted": stats.evicted},
-            conf_hist=self.hist.snapshot(), camera_fps={k: m.rate() for k, m in self.camera_fps.items()})
+            conf_hist=self.hist.snapshot(), camera_fps={k: m.rate() for k, m in self.camera_fps.items()},
+            provider=runner.provider if runner else "")
 
     def handle_command(self, cmd: Command) -> None:
         log.info("command %s: %s %s", cmd.command_id, cmd.action, cmd.args or "")

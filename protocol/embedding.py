@@ -6,7 +6,9 @@ can compare frames without decoding images: the vector is L2-normalized, so
 every component lies in [-1, 1], and ``round(v * 127)`` fits an int8 with a
 worst-case error of 1/254 per component (cosine similarity changes by well
 under 0.01 at the dimensions used here). The bytes are the int8 values in
-order; the dimension is the byte count. Pure functions, no threads.
+order; the dimension is the byte count. Dequantizing re-normalizes, so the
+dot product of two dequantized vectors is their cosine similarity. Pure
+functions, no threads.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ def quantize_embedding(vec: np.ndarray) -> bytes:
 
 
 def dequantize_embedding(b: bytes) -> np.ndarray:
-    """``Sample.embedding`` bytes -> float32 vector of (nearly) unit norm."""
+    """``Sample.embedding`` bytes -> float32 vector of unit norm (re-normalized after the rounding).
+
+    So the dot product of two dequantized vectors is their cosine similarity.
+    """
     if not 0 < len(b) <= MAX_EMBEDDING_DIM:
         raise ProtocolError("bad_field", f"embedding has {len(b)} bytes, expected 1 to {MAX_EMBEDDING_DIM}")
-    return np.frombuffer(b, dtype=np.int8).astype(np.float32) / QUANT_SCALE
+    v = np.frombuffer(b, dtype=np.int8).astype(np.float32)
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v

@@ -24,8 +24,8 @@ def test_quantize_round_trip_keeps_direction():
     back = dequantize_embedding(b)
     assert back.dtype == np.float32 and back.shape == (128,)
     unit = v / np.linalg.norm(v)
-    assert np.abs(back - unit).max() <= 0.5 / 127 + 1e-6
-    assert float(back @ unit) > 0.999
+    assert np.abs(back - unit).max() <= 1 / 127
+    assert abs(float(np.linalg.norm(back)) - 1) < 1e-6 and float(back @ unit) > 0.999
 
 
 def test_quantize_accepts_pooled_shapes_and_clips():
