@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("imagefolder", "coco", "yolo", "voc")
 TASK_OF = {"imagefolder": "classification", "coco": "detection", "yolo": "detection", "voc": "detection"}
 CHUNK = 200
+OUTSIDE_REASON = "outside import_root"
 
 
 def read_dataset(fmt: str, path: str | Path, images_dir: str | Path | None = None,
@@ -53,10 +54,44 @@ def _image_bytes(path: Path) -> bytes:
         return buf.getvalue()
 
 
+def inside(path: str | Path, root: Path) -> bool:
+    """Whether ``path``, with every symlink on the way resolved, lies under ``root``."""
+    try:
+        return Path(path).resolve().is_relative_to(root.resolve())
+    except (OSError, ValueError, RuntimeError):  # a link loop, an unusable name: not provably inside
+        return False
+
+
+def links_outside(top: Path, root: Path, limit: int = 100_000) -> list[Path]:
+    """Symlinks below ``top`` (files or folders, not entered) that resolve outside ``root``."""
+    out, seen = [], 0
+    for dirpath, dirnames, filenames in os.walk(top):  # followlinks=False: a linked folder is listed, not walked
+        for name in dirnames + filenames:
+            seen += 1
+            p = Path(dirpath) / name
+            if p.is_symlink() and not inside(p, root):
+                out.append(p)
+        if seen > limit:
+            raise FormatError(f"{top} holds over {limit} files and folders")
+    return out
+
+
 def import_examples(store: Store, examples: list[Example], *, fmt: str, task: str,
-                    report: ReadReport | None = None) -> int:
-    """Add examples to the store in chunks; re-importing the same files adds nothing."""
+                    report: ReadReport | None = None, root: Path | None = None) -> int:
+    """Add examples to the store in chunks; re-importing the same files adds nothing.
+
+    With ``root``, an image that resolves outside it (through a symlink anywhere on its path) is
+    skipped into ``report`` with the reason "outside import_root", never read.
+    """
     report = report if report is not None else ReadReport()
+    if root is not None:
+        kept = []
+        for e in examples:
+            if inside(e.image_path, root):
+                kept.append(e)
+            else:
+                report.skip(e.image_path, f"{OUTSIDE_REASON}: resolves outside it through a symlink")
+        examples = kept
     labels = sorted({e.label for e in examples if e.label} | {b.label for e in examples for b in e.boxes})
     added = 0
     for start in range(0, len(examples), CHUNK):

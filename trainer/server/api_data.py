@@ -11,8 +11,9 @@ from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainer.data.common import FormatError, ReadReport
-from trainer.data.store_io import TASK_OF, export_store, import_examples, read_dataset
+from trainer.data.common import IMAGE_EXTS, FormatError, ReadReport
+from trainer.data.store_io import (OUTSIDE_REASON, TASK_OF, export_store, import_examples, links_outside,
+                                   read_dataset)
 from trainer.store import StoreError
 
 from .api import ERRORS, StoreDep, User
@@ -32,6 +33,7 @@ class ImportIn(BaseModel):
 class ImportOut(BaseModel):
     read: int
     added: int
+    outside_root: int = Field(description="images refused because they resolve outside import_root (symlinks)")
     skipped: list[list[str]]
 
 
@@ -62,11 +64,30 @@ def post_import(body: ImportIn, user: User, store: StoreDep, request: Request) -
     images = _under(root, body.images) if body.images else None
     report = ReadReport()
     try:
+        _refuse_outside_annotations(body.format, path, root)
         examples = read_dataset(body.format, path, images, report)
-        added = import_examples(store, examples, fmt=body.format, task=TASK_OF[body.format], report=report)
+        added = import_examples(store, examples, fmt=body.format, task=TASK_OF[body.format], report=report,
+                                root=root)
     except (FormatError, StoreError) as e:
         raise HTTPException(422, str(e)) from e
-    return ImportOut(read=report.read, added=added, skipped=[list(s) for s in report.skipped[:1000]])
+    outside = sum(1 for _p, why in report.skipped if why.startswith(OUTSIDE_REASON))
+    return ImportOut(read=report.read, added=added, outside_root=outside,
+                     skipped=[list(s) for s in report.skipped[:1000]])
+
+
+def _refuse_outside_annotations(fmt: str, path: Path, root: Path) -> None:
+    """A non-image file or any folder linked from outside the root refuses the whole import.
+
+    Such a link could carry annotations the readers would use. Images are checked one by one when
+    imported; ImageFolder has no annotation files (its folder names are the labels), so only its
+    images are checked.
+    """
+    if fmt == "imagefolder" or not path.is_dir():
+        return
+    bad = [p for p in links_outside(path, root) if p.is_dir() or p.suffix.lower() not in IMAGE_EXTS]
+    if bad:
+        raise FormatError(f"{len(bad)} annotation file(s) or folder(s) resolve outside the import root, e.g. "
+                          f"{bad[0].relative_to(path).as_posix()!r:.200}")
 
 
 @router.get("/export", response_class=FileResponse, summary="the labelled dataset as a zip",
