@@ -152,5 +152,16 @@ def _example_embeddings(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE examples ADD COLUMN embedding BLOB")
 
 
+@migrations(name="0005_pending_labels")
+def _pending_labels(db: sqlite_utils.Database) -> None:
+    # Label names agents reported that the project does not know: a person approves or dismisses
+    # them (trainer/store/labels.py); agents never add labels themselves.
+    db.execute("""CREATE TABLE pending_labels (
+        name TEXT PRIMARY KEY,
+        samples INTEGER NOT NULL,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL)""")
+
+
 def migrate(db: sqlite_utils.Database) -> None:
     migrations.apply(db)
