@@ -15,6 +15,7 @@
     project: null, labels: [], task: "classification",
     filters: {}, buffer: [], current: null, seen: new Set(), total: null,
     busy: false, editor: null, search: "",
+    source: localStorage.getItem("edgeloop.prelabelSource") || "teacher", // preferred pre-label source
     threshold: Number(localStorage.getItem("edgeloop.threshold") || 0.5),
   };
 
@@ -64,7 +65,9 @@
     if (!item || state.busy) return;
     state.busy = true;
     try {
-      await api(`/api/items/${encodeURIComponent(item.id)}/label`, { method: "POST", body: { action, ...extra } });
+      const id = encodeURIComponent(item.id);
+      if (action === "accept-prelabel") await api(`/api/items/${id}/accept-prelabel`, { method: "POST" });
+      else await api(`/api/items/${id}/label`, { method: "POST", body: { action, ...extra } });
       state.seen.add(item.id);
       if (state.total) state.total -= 1; // every action takes the item out of the pending queue
       refreshProgress();
@@ -80,7 +83,7 @@
   function describe(action, extra) {
     if (action === "label" && extra.label) return `Labelled “${extra.label}” · U to undo`;
     if (action === "label") return `Saved ${extra.boxes.length} box${extra.boxes.length === 1 ? "" : "es"} · U to undo`;
-    return { accept: "Accepted the prediction", reject: "Rejected as a bad example", skip: "Skipped" }[action] + " · U to undo";
+    return { accept: "Accepted the edge model's prediction", "accept-prelabel": "Accepted the teacher's pre-label", reject: "Rejected as a bad example", skip: "Skipped" }[action] + " · U to undo";
   }
 
   async function undo() {
@@ -193,8 +196,50 @@
 
   window.addEventListener("resize", () => { const img = $("item-image"); if (img) fitImage(img); });
 
+  // ---------- pre-label sources ----------
+  // A pre-label comes from the edge model that sampled the item or from the
+  // server's teacher (trainer/assist); T switches when both are there.
+  function sources(item) {
+    const out = [];
+    if (item.prelabel && item.prelabel.state === "done") out.push("teacher");
+    if (item.frame_id) out.push("edge");
+    return out;
+  }
+
+  function sourceOf(item) {
+    const have = sources(item);
+    return have.includes(state.source) ? state.source : have[0] || null;
+  }
+
+  function predictionOf(item) {
+    const src = sourceOf(item);
+    if (src === "teacher") {
+      const p = item.prelabel;
+      return { source: src, scores: p.scores || {}, boxes: p.boxes || [], top: p.label, score: p.score,
+        title: `teacher ${p.model_name} v${p.model_version}` };
+    }
+    const pred = item.prediction || {};
+    const top = src ? item.predicted_label : null;
+    return { source: src, scores: pred.scores || {}, boxes: pred.boxes || [], top,
+      score: top && pred.scores ? pred.scores[top] : null,
+      title: src ? `edge model ${item.model_name || "?"} v${item.model_version ?? "?"}` : "no pre-label" };
+  }
+
+  function toggleSource() {
+    const item = state.current;
+    const have = sources(item);
+    if (have.length < 2) { flash(have.length ? `Only the ${have[0] === "edge" ? "edge model's" : "teacher's"} pre-label` : "No pre-label"); return; }
+    if (state.editor && state.editor.changed()) { flash("Boxes edited: save or undo edits first"); return; }
+    state.source = have[(have.indexOf(sourceOf(item)) + 1) % have.length];
+    localStorage.setItem("edgeloop.prelabelSource", state.source);
+    if (state.editor) state.editor.load(prelabels(item));
+    else renderScores(item);
+    renderSource(item);
+    flash(`Pre-labels from the ${predictionOf(item).title}`);
+  }
+
   function prelabels(item) {
-    const boxes = (item.prediction && item.prediction.boxes) || [];
+    const boxes = predictionOf(item).boxes;
     return boxes.filter((b) => (b.score === undefined || b.score === null ? 1 : b.score) >= state.threshold);
   }
 
@@ -204,8 +249,9 @@
   }
 
   function renderScores(item) {
-    const scores = (item.prediction && item.prediction.scores) || {};
-    const top = item.predicted_label;
+    const pred = predictionOf(item);
+    const scores = pred.scores;
+    const top = pred.top;
     const q = state.search.trim().toLowerCase();
     const rows = state.labels.map((label, i) => {
       if (q && !label.toLowerCase().includes(q)) return null;
@@ -224,6 +270,8 @@
     }) : null;
     fill($("prediction"),
       h("div.prediction", top || "no prediction", " ", h("span.pct", top ? pct(scores[top]) : "")),
+      h("div.muted", { id: "prelabel-source", dataset: { source: pred.source || "none" } }, pred.title,
+        sources(item).length > 1 ? " · T switches" : ""),
       search, h("div.scores", { id: "scores" }, rows));
   }
 
@@ -234,7 +282,7 @@
 
   function renderBoxPanel() {
     const ed = state.editor;
-    if (!ed) return;
+    if (!ed || !state.current) return;
     const active = ed.boxes[ed.selected] ? ed.boxes[ed.selected].label : ed.currentLabel;
     const chips = state.labels.map((label, i) => h(`button.chip${label === active ? ".active" : ""}`,
       { type: "button", onclick: () => ed.setLabel(label) },
@@ -253,7 +301,9 @@
       } });
     fill($("prediction"),
       h("div.prediction", `${ed.boxes.length} box${ed.boxes.length === 1 ? "" : "es"}`, " ",
-        h("span.pct", ed.changed() ? "edited" : "model pre-labels")),
+        h("span.pct", ed.changed() ? "edited" : "pre-labels")),
+      h("div.muted", { id: "prelabel-source", dataset: { source: predictionOf(state.current).source || "none" } },
+        predictionOf(state.current).title, sources(state.current).length > 1 ? " · T switches" : ""),
       h("div.class-chips", chips),
       h("div.box-list", { id: "box-list", style: { marginTop: "8px" } },
         items.length ? items : h("div.muted", "No boxes: drag on the image to draw one.")),
@@ -276,10 +326,19 @@
     fill($("source"), kv([
       ["agent", item.agent_id], ["camera", item.camera_id],
       ["model", [item.model_name, item.model_version].filter(Boolean).join(" · ")],
+      ["pre-label", prelabelText(item)],
       ["captured", h("span", { title: when(item.captured_at) }, `${when(item.captured_at)} (${ago(item.captured_at)})`)],
       ["item", h("span", h("span.mono", item.id), " ",
         h("a", { href: `/models?example=${encodeURIComponent(item.id)}`, title: "which models used it" }, "lineage"))],
     ]));
+  }
+
+  function prelabelText(item) {
+    const p = item.prelabel;
+    if (p && p.state === "failed") return h("span", { title: p.error || "" }, `teacher ${p.model_name} failed on it`);
+    const pred = predictionOf(item);
+    if (!pred.source) return null;
+    return `${pred.title}${pred.score === null || pred.score === undefined ? "" : ` · ${pct(pred.score)}`}`;
   }
 
   function refreshProgress() {
@@ -308,10 +367,11 @@
     // Before the image and its pre-labels are in place there is nothing to save.
     if (!ed || !ed.loaded) return;
     // Unchanged pre-labels are an accept, but only when the threshold hid no
-    // model box: the server's accept stores every box the model returned.
-    const all = (state.current.prediction && state.current.prediction.boxes) || [];
-    const accept = !ed.changed() && ed.boxes.length === all.length;
-    act(accept ? "accept" : "label", { boxes: ed.result() });
+    // box: the server's accept stores every box of the pre-label.
+    const pred = predictionOf(state.current);
+    const accept = pred.source && !ed.changed() && ed.boxes.length === pred.boxes.length;
+    if (accept) act(pred.source === "teacher" ? "accept-prelabel" : "accept");
+    else act("label", { boxes: ed.result() });
   }
 
   function toggleHelp(show) {
@@ -341,6 +401,7 @@
     if (key === "u") { undo(); e.preventDefault(); return; }
     if (!state.current) return;
     if (key === "x") { act("reject"); e.preventDefault(); return; }
+    if (key === "t") { toggleSource(); e.preventDefault(); return; }
     if (key === "s") { act("skip"); e.preventDefault(); return; }
     if (state.task === "detection") detectionKey(e, key);
     else classificationKey(e, key);
@@ -350,7 +411,7 @@
     if (/^[1-9]$/.test(key) && state.labels[Number(key) - 1]) {
       act("label", { label: state.labels[Number(key) - 1] });
     } else if (key === "Enter") {
-      act("accept");
+      act(sourceOf(state.current) === "teacher" ? "accept-prelabel" : "accept");
     } else if (key === "/" && $("label-search")) {
       $("label-search").focus();
     } else return;
@@ -385,7 +446,8 @@
 
   function bindButtons() {
     const click = (id, fn) => $(id).addEventListener("click", fn);
-    click("btn-accept", () => (state.task === "detection" ? saveBoxes() : act("accept")));
+    click("btn-accept", () => (state.task === "detection" ? saveBoxes()
+      : act(sourceOf(state.current) === "teacher" ? "accept-prelabel" : "accept")));
     click("btn-reject", () => act("reject"));
     click("btn-skip", () => act("skip"));
     click("btn-undo", () => undo());
