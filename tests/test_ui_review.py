@@ -126,7 +126,7 @@ def fill_store(store, tmp: Path, task: str, *, pending: int, labelled: int, size
     telemetry = [Telemetry(agent_id=a, at=now - 5, period_s=10.0, model_version=3, fps=12.5 + 5 * k,
                            latency_p50_ms=4.0 + k, latency_p99_ms=9.0 + k, frames=10_000, sampled=40,
                            inference_errors=0, outbox_depth=3 * k, outbox_bytes=60_000 * k, drops={},
-                           conf_hist={}, camera_fps={c: 12.5 + 5 * k for c in cams})
+                           conf_hist={}, camera_fps={c: 12.5 + 5 * k for c in cams}, provider="cpu")
                  for k, (a, cams) in enumerate(AGENTS)]
     store.record_fleet(statuses, telemetry)
 

@@ -50,6 +50,7 @@ def test_dataset_and_fleet_pages(tmp_path: Path) -> None:
             assert page.locator("#fleet-body tr[data-agent]").count() == len(fleet)
             offline = page.locator("#fleet-body tr[data-agent='line-3']")
             assert "offline" in offline.inner_text() and "belt" in offline.inner_text()
+            assert "0.1.0 · cpu" in offline.inner_text()  # software version and execution provider
             assert "2 of 3 agents online" in page.locator("#fleet-summary").inner_text()
             assert not errors, errors
 

@@ -145,6 +145,8 @@ class AgentOut(BaseModel):
     cohorts: list[str]
     detail: str
     software_version: str
+    provider: str = Field("", description="execution provider the agent's model runs on (cpu, cuda, tensorrt), "
+                          "from its last telemetry; empty before the first")
     camera_fps: dict[str, float]
     latency_p50_ms: float | None
     drops: dict[str, int]

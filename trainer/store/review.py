@@ -250,6 +250,7 @@ def fleet(db: sqlite_utils.Database, now: float) -> list[dict]:
                     "model_state": r[4], "cameras": json.loads(r[5]), "cohorts": json.loads(r[6]), "detail": r[7],
                     "fps": tel.get("fps"), "outbox_depth": tel.get("outbox_depth"), "last_seen": r[9],
                     "software_version": r[10], "camera_fps": tel.get("camera_fps", {}),
+                    "provider": tel.get("provider", ""),
                     "latency_p50_ms": tel.get("latency_p50_ms"), "drops": tel.get("drops", {}),
                     "stale": r[1] == "online" and now - r[9] > max(3 * tel.get("period_s", 0.0), STALE_MIN_S)})
     return out

@@ -34,6 +34,8 @@
       h("td", stateBadge(a.state)),
       h("td", modelCell(a)),
       h("td", cameras(a.cameras)),
+      h("td.mono", { title: "edgeloop version · execution provider the model runs on" },
+        `${a.software_version || "–"} · ${a.provider || "–"}`),
       h("td.num", num(a.fps, 1)),
       h("td.num", depth > 100 ? h("span.badge.warn", String(depth)) : String(depth)),
       h("td", { title: when(a.last_seen) }, ago(a.last_seen)),
@@ -48,7 +50,7 @@
       const online = agents.filter((a) => a.state === "online").length;
       $("fleet-summary").textContent = `${online} of ${agents.length} agents online · updated ${new Date().toLocaleTimeString()}`;
       fill($("fleet-body"), agents.length ? agents.map(row)
-        : h("tr", h("td.muted", { colspan: 9 }, "No agent has reported yet.")));
+        : h("tr", h("td.muted", { colspan: 10 }, "No agent has reported yet.")));
       $("fleet-error").classList.add("hidden");
     } catch (err) {
       $("fleet-error").textContent = `Could not load the fleet: ${err.message}`;
