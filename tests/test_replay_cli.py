@@ -114,7 +114,7 @@ def test_batched_pool_scoring_matches_the_agent_runner_frame_by_frame(tmp_path: 
 
 def test_detection_replay_scores_boxes_with_the_agents_band_strategy(tmp_path: Path):
     rc = main(["--log-level", "WARNING", "replay", "--dataset", "synthetic:shapes", "--synthetic-task", "detection",
-               "--synthetic-count", "40", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+               "--synthetic-count", "60", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
                "--strategy", "band", "--seeds", "1", "--rounds", "1", "--batch", "8", "--epochs", "1",
                "--input-size", "64", "--threads", "1"])
     assert rc == 0

@@ -112,3 +112,14 @@ def test_one_class_and_no_boxes_are_refused():
     with pytest.raises(TrainingError, match="no example has a box"):
         check_minimum(empty, "detection")
     check_minimum(cls_examples({"a": 10, "b": 10}), "classification")  # exactly enough passes
+
+
+def test_detection_needs_ten_boxes_per_class_naming_the_short_ones():
+    def det(counts: dict[str, int], images: int = 12) -> list[Example]:
+        labels = [k for k, n in counts.items() for _ in range(n)]
+        return [Example(id=f"d{i}", image_path=Path("x.png"),
+                        boxes=tuple(LabeledBox(0.1, 0.1, 0.5, 0.5, lab) for lab in labels[i::images]))
+                for i in range(images)]
+    with pytest.raises(TrainingError, match=r"'bike' has 3 boxes, 'bus' has 1 box\).*at least 10 boxes"):
+        check_minimum(det({"car": 40, "bike": 3, "bus": 1}), "detection")
+    check_minimum(det({"car": 10, "bike": 10}), "detection")  # exactly enough passes

@@ -129,3 +129,11 @@ def check_minimum(examples: Sequence[Example], task: str) -> None:
         labelled = sum(1 for e in examples if e.boxes)
         if labelled == 0:
             raise TrainingError("no example has a box: a detection round needs annotated objects")
+        boxes = Counter(b.label for e in examples for b in e.boxes)
+        short = {k: v for k, v in sorted(boxes.items()) if v < MIN_EXAMPLES}
+        if short:
+            listed = ", ".join(f"{k!r} has {v} box{'es' if v != 1 else ''}" for k, v in short.items())
+            raise TrainingError(
+                f"too few objects per class ({listed}); each class needs at least {MIN_EXAMPLES} boxes so the "
+                f"model sees it in training and it appears in validation and test: draw more of these, "
+                f"or drop the class")
