@@ -8,6 +8,11 @@ wait for their slot to be free, so every frame is inferred.
 
 A source that fails to open or stops delivering is reopened with capped,
 jittered backoff; its state and last error are visible to the status report.
+
+``max_fps`` on a live source does not sleep between reads: the stream keeps
+coming, and a sleeping reader would find a backlog of old frames in the
+decoder's and the socket's buffers. The capture thread grabs every frame
+(no colour conversion) and delivers only the first one due.
 """
 
 from __future__ import annotations
@@ -206,6 +211,12 @@ class _Reader:
             return None
         return check_image(image)
 
+    def skip(self) -> None:
+        """Take the next frame of a live stream off its buffers without converting it."""
+        assert self.cap is not None
+        if not self.cap.grab():
+            raise SourceError(f"{self.kind} source {self.cfg.source} stopped delivering frames")
+
     def close(self) -> None:
         if self.cap is not None:
             self.cap.release()
@@ -276,8 +287,12 @@ class CameraSource:
         if self.kind == "synthetic" and self.cfg.synthetic.fps:
             period = max(period, 1.0 / self.cfg.synthetic.fps)
         next_at = time.monotonic()
+        paced_live = bool(period) and self.live
         while not self.stop_event.is_set():
             try:
+                if paced_live and time.monotonic() < next_at:
+                    reader.skip()  # not due yet: drain the stream instead of sleeping on a growing backlog
+                    continue
                 image = reader.read()
             except BadFrame as e:
                 log.warning("camera %s: dropped frame: %s", self.cfg.id, e)
@@ -299,5 +314,6 @@ class CameraSource:
             self.delivered += 1
             if period:
                 next_at = max(next_at + period, time.monotonic() - period)
-                self.stop_event.wait(max(0.0, next_at - time.monotonic()))
+                if not paced_live:
+                    self.stop_event.wait(max(0.0, next_at - time.monotonic()))
         return "stop"
