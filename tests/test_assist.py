@@ -251,3 +251,63 @@ def test_classifier_teacher_on_request_sums_mapped_classes(tmp_path: Path) -> No
             assert a.wait_idle(30) and store.counters()["assist_done"] == 11
         finally:
             a.stop()
+
+
+# ------------------------------------------------- unlabelled images in -----
+def unlabelled_folder(folder: Path) -> Path:
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.jpg").write_bytes(frame([(1, 2)]))
+    (folder / "sub" / "b.png").write_bytes(frame([(0, 0)], ext=".png"))
+    (folder / "c.bmp").write_bytes(frame([], ext=".bmp"))
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.jpg").write_bytes(frame([])[:200])
+    return folder
+
+
+def test_unlabelled_import_and_offline_run_from_the_cli(tmp_path: Path, capsys) -> None:
+    from edgeloop.cli import main
+
+    photos = unlabelled_folder(tmp_path / "photos")
+    data = tmp_path / "data"
+    cfg = tmp_path / "server.toml"
+    cfg.write_text(f'[store]\ndata_dir = "{data}"\n[project]\ntask = "detection"\nlabels = ["vehicle"]\n'
+                   f'[assist]\nmodel = "{make_detector(tmp_path / "b.onnx")}"\nlabel_map = {{ blob = "vehicle" }}\n'
+                   'min_score = 0.5\nauto = false\n')
+    with Store(data) as store:
+        store.configure_project(task="detection", labels=("vehicle",))
+    assert main(["assist", "import", str(photos), "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "4 read, 2 skipped" in out and "3 new unlabelled items" in out
+    assert "notes.txt: not an image file name" in out and "broken.jpg: corrupt image" in out
+    assert main(["assist", "import", str(photos), "--config", str(cfg)]) == 0
+    assert "0 new unlabelled items" in capsys.readouterr().out  # re-importing adds nothing
+
+    assert main(["assist", "run", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "teacher blobs v1: 3 items to pre-label" in out and '"done": 3' in out and '"waiting": 0' in out
+    with Store(data) as store:
+        origin = dict(store.db.read().execute("SELECT id, origin FROM examples").fetchall())
+        items = {origin[i.id]: i for i in store.queue()[0]}
+        assert set(items) == {"images:a.jpg", "images:sub/b.png", "images:c.bmp"}
+        assert all(i.source == "import" and i.status == "pending_review" for i in items.values())
+        assert [b["label"] for b in items["images:a.jpg"].prelabel["boxes"]] == ["vehicle"]
+        assert items["images:c.bmp"].prelabel["boxes"] == [] and items["images:c.bmp"].media_type == "image/png"
+    assert main(["assist", "run", "--config", str(cfg)]) == 0  # idempotent: nothing left to do
+    assert "0 items to pre-label" in capsys.readouterr().out
+
+
+def test_unlabelled_import_over_http_stays_under_import_root(tmp_path: Path) -> None:
+    root = tmp_path / "imports"
+    unlabelled_folder(root / "photos")
+    (root / "file.jpg").write_bytes(frame([]))
+    with running_server(tmp_path / "data", "detection", PROJECT, import_root=str(root)) as (base, store), \
+            httpx.Client(base_url=base, headers=H, timeout=10) as c:
+        r = c.post("/api/import/unlabelled", json={"path": "photos"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["read"], body["added"], len(body["skipped"])) == (4, 3, 2)
+        assert c.get("/api/queue").json()["total"] == 3
+        assert c.post("/api/import/unlabelled", json={"path": "../"}).status_code == 403
+        assert c.post("/api/import/unlabelled", json={"path": "absent"}).status_code == 404
+        assert c.post("/api/import/unlabelled", json={"path": "file.jpg"}).status_code == 422
+        assert c.get("/api/assist").status_code == 404  # no [assist]: the teacher routes say so

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainer.store import InvalidLabel, NotFound
+from trainer.store import InvalidLabel, NotFound, StoreError
 
 from . import schemas as s
 from .api import ERRORS, NOT_FOUND, ItemId, StoreDep, User, _item
@@ -61,6 +61,17 @@ class RunOut(BaseModel):
     waiting: int
 
 
+class UnlabelledIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(min_length=1, max_length=1024, description="a folder of images, relative to import_root")
+
+
+class UnlabelledOut(BaseModel):
+    read: int
+    added: int
+    skipped: list[list[str]] = Field(description="[path, reason] for every file left out (first 1000)")
+
+
 def _assist(request: Request):
     assist = request.app.state.service.assist
     if assist is None:
@@ -99,3 +110,27 @@ def post_accept_prelabel(user: User, store: StoreDep, item_id: ItemId) -> s.Labe
     except InvalidLabel as e:
         raise HTTPException(422, str(e)) from e
     return s.LabelOut(ok=True, item=_item(store, item_id))
+
+
+@router.post("/import/unlabelled", response_model=UnlabelledOut, summary="add a folder of unlabelled images to review",
+             responses={403: {"model": s.ErrorOut, "description": "path outside import_root"},
+                        404: {"model": s.ErrorOut, "description": "import disabled or no such path"},
+                        422: {"model": s.ErrorOut, "description": "not a folder of images"}})
+def post_import_unlabelled(body: UnlabelledIn, user: User, store: StoreDep, request: Request) -> UnlabelledOut:
+    from trainer.assist.unlabelled import import_unlabelled
+    from trainer.data.common import FormatError, ReadReport
+
+    from .api_data import _under
+
+    root = request.app.state.service.config.import_root
+    if root is None:
+        raise HTTPException(404, "import over the API is disabled (set import_root in the server config)")
+    folder = _under(root, body.path)
+    if not folder.is_dir():
+        raise HTTPException(422, "the path is not a folder")
+    report = ReadReport()
+    try:
+        added = import_unlabelled(store, folder, report, root=root)
+    except (FormatError, StoreError) as e:
+        raise HTTPException(422, str(e)) from e
+    return UnlabelledOut(read=report.read, added=added, skipped=[list(x) for x in report.skipped[:1000]])
