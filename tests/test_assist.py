@@ -195,8 +195,9 @@ def test_check_config_loads_the_teacher(tmp_path: Path, capsys) -> None:
     assert main(["--check-config", str(cfg)]) == 0
 
 
-def test_teacher_failing_at_run_time_is_a_counted_rejection(tmp_path: Path) -> None:
-    model = make_faulty_classifier(tmp_path / "nan.onnx", "nan")
+@pytest.mark.parametrize("fault, error", [("nan", "NonFiniteOutput: nan.onnx"), ("error", "out of data bounds")])
+def test_teacher_failing_at_run_time_is_a_counted_rejection(tmp_path: Path, fault: str, error: str) -> None:
+    model = make_faulty_classifier(tmp_path / f"{fault}.onnx", fault)
     data = tmp_path / "data"
     with Store(data) as store:
         store.ingest_samples([incoming(sample(frame_id=f"cam-agent-1.gate.{i:06d}")) for i in range(3)])
@@ -205,11 +206,14 @@ def test_teacher_failing_at_run_time_is_a_counted_rejection(tmp_path: Path) -> N
         st = wait_for(lambda: (r := c.get("/api/assist").json())["counts"]["failed"] == 3 and r)
         assert st["state"] == "ready" and st["counts"]["done"] == 0 and st["counts"]["waiting"] == 0
         item = c.get("/api/queue").json()["items"][0]
-        assert item["prelabel"]["state"] == "failed" and "NonFiniteOutput" in item["prelabel"]["error"]
+        assert item["prelabel"]["state"] == "failed" and error in item["prelabel"]["error"], item["prelabel"]
         r = c.post(f"/api/items/{item['id']}/accept-prelabel")
         assert r.status_code == 422 and "no pre-label" in r.json()["detail"]
         assert store.counters()["assist_failed"] == 3
         # failures are not retried by themselves; on request they are
+        assert c.post("/api/assist/run").json() == {"waiting": 0}  # no body: the defaults
+        for bad in ({"retry_failed": "please"}, {"bogus": True}, [1]):
+            assert c.post("/api/assist/run", json=bad).status_code == 422, bad
         assert c.post("/api/assist/run", json={"retry_failed": True}).json()["waiting"] == 3
         wait_for(lambda: store.counters()["assist_failed"] == 6)
         assert c.get("/healthz").status_code == 200
