@@ -69,4 +69,6 @@ def _import(store, args: argparse.Namespace) -> int:
     print(f"{args.path}: {report.summary()}; {added} new examples in {store.data_dir}")
     for path, reason in report.skipped[:20]:
         print(f"  skipped {path}: {reason}")
+    for where, reason in report.box_notes[:20]:
+        print(f"  dropped a box in {where}: {reason}")
     return 0

@@ -1,4 +1,9 @@
-"""COCO JSON (detection): ``images``, ``annotations`` (bbox = [x, y, w, h] in pixels), ``categories``."""
+"""COCO JSON (detection): ``images``, ``annotations`` (bbox = [x, y, w, h] in pixels), ``categories``.
+
+Crowd regions (``iscrowd``), boxes without area or outside their image,
+boxes of an unknown category and annotations of an image the file does not
+list are dropped, each counted under its reason in the ``ReadReport``.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from trainer.dataset import SPLITS, Example, LabeledBox
+from trainer.dataset import SPLITS, Example
 
-from .common import FormatError, ReadReport, atomic_write_text, check_image, clamp01, file_name, image_size, \
-    place_image
+from .common import (CROWD, NO_IMAGE, UNKNOWN_CLASS, FormatError, ReadReport, atomic_write_text, check_image,
+                     file_name, image_size, make_box, place_image)
 
 SPLIT_KEY = "edgeloop_split"  # an extra image field; other tools ignore it
 
@@ -31,35 +36,57 @@ def read_coco(json_path: str | Path, images_dir: str | Path | None = None,
     images_dir = Path(images_dir)
     by_image: dict[int, list[dict]] = {}
     for a in anns:
-        by_image.setdefault(a.get("image_id"), []).append(a)
+        by_image.setdefault(_key(a.get("image_id") if isinstance(a, dict) else None), []).append(a)
+    listed = {_key(img.get("id")) for img in images if isinstance(img, dict)}
+    for image_id, orphans in by_image.items():
+        if image_id not in listed:
+            for a in orphans:
+                report.drop_box(f"{json_path.name} annotation {_ann_id(a)}", NO_IMAGE, f"image_id {image_id!r}")
     out = []
     for img in images:
+        where = f"{json_path}#{img.get('file_name', img.get('id')) if isinstance(img, dict) else img!r}"
         try:
-            out.append(_example(img, by_image.get(img.get("id"), []), cats, images_dir))
+            out.append(_example(img, by_image.get(_key(img.get("id")), []), cats, images_dir, json_path.name, report))
             report.read += 1
-        except (ValueError, KeyError, TypeError) as e:
-            report.skip(f"{json_path}#{img.get('file_name', img.get('id'))}", str(e))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            report.skip(where, str(e))
     return out
 
 
-def _example(img: dict, anns: list[dict], cats: dict[int, str], images_dir: Path) -> Example:
+def _key(v: object) -> int | str | None:
+    """An id usable as a dict key; anything else (a list, a dict) matches nothing."""
+    return v if isinstance(v, (int, str)) and not isinstance(v, bool) else None
+
+
+def _ann_id(a: object) -> object:
+    return a.get("id", "?") if isinstance(a, dict) else "?"
+
+
+def _example(img: dict, anns: list[dict], cats: dict[int, str], images_dir: Path, doc: str,
+             report: ReadReport) -> Example:
     path = images_dir / Path(str(img["file_name"])).name
     if not path.is_file():
         raise ValueError(f"image not found: {path}")
     info = check_image(path)
     w, h = info.width, info.height
+    parsed = [_parse_ann(a) for a in anns]  # a malformed annotation fails the image before anything is counted
     boxes = []
-    for a in anns:
-        if a.get("iscrowd"):
-            continue
-        x, y, bw, bh = (float(v) for v in a["bbox"])
-        if bw <= 0 or bh <= 0:
-            continue
-        boxes.append(LabeledBox(clamp01(x / w), clamp01(y / h), clamp01((x + bw) / w), clamp01((y + bh) / h),
-                                cats[int(a["category_id"])]))
+    for a, (x, y, bw, bh, cat, crowd) in zip(anns, parsed):
+        where = f"{doc} annotation {_ann_id(a)} ({path.name})"
+        if crowd:
+            report.drop_box(where, CROWD)
+        elif cat not in cats:
+            report.drop_box(where, UNKNOWN_CLASS, f"category_id {cat}")
+        elif (box := make_box(x, y, x + bw, y + bh, w, h, cats[cat], where, report)) is not None:
+            boxes.append(box)
     split = img.get(SPLIT_KEY)
     return Example(id=Path(str(img["file_name"])).stem, image_path=path, boxes=tuple(boxes),
                    split=split if split in SPLITS else None, source="import", meta={"width": w, "height": h})
+
+
+def _parse_ann(a: dict) -> tuple[float, float, float, float, int, bool]:
+    x, y, bw, bh = (float(v) for v in a["bbox"])
+    return x, y, bw, bh, int(a["category_id"]), bool(a.get("iscrowd"))
 
 
 def write_coco(examples: Iterable[Example], out: str | Path, labels: Iterable[str] = ()) -> int:

@@ -14,8 +14,8 @@ from typing import Iterable
 
 from trainer.dataset import Example, LabeledBox
 
-from .common import (FormatError, ReadReport, atomic_write_text, check_image, clamp01, file_name, file_stem,
-                     image_size, place_image)
+from .common import (ZERO_AREA, FormatError, ReadReport, atomic_write_text, check_image, file_name, file_stem,
+                     image_size, make_box, place_image)
 
 _PAIRS = (("Annotations", "JPEGImages"), ("annotations", "images"))
 
@@ -67,6 +67,16 @@ def _parse(xml_path: Path, images: Path) -> tuple[Path, list[tuple[str, float, f
     return image, objects, declared
 
 
+def _box(obj: tuple, i: int, xml_path: Path, w: int, h: int, report: ReadReport) -> LabeledBox | None:
+    label, x1, y1, x2, y2 = obj
+    where = f"{xml_path.name} object {i}"
+    if x2 <= x1 or y2 <= y1:  # tested on the file's own numbers: xmax == xmin is an annotator's slip
+        report.drop_box(where, ZERO_AREA, f"{label} xmin {x1:g} ymin {y1:g} xmax {x2:g} ymax {y2:g}")
+        return None
+    # VOC pixel indices are 1-based and inclusive: x in [1, width].
+    return make_box(x1 - 1, y1 - 1, x2, y2, w, h, label, where, report)
+
+
 def read_voc(path: str | Path, report: ReadReport | None = None) -> list[Example]:
     root = Path(path)
     report = report if report is not None else ReadReport()
@@ -84,9 +94,7 @@ def read_voc(path: str | Path, report: ReadReport | None = None) -> list[Example
             report.skip(xml_path, f"size mismatch: xml says {declared}, image is {(info.width, info.height)}")
             continue
         w, h = info.width, info.height
-        # VOC pixel indices are 1-based and inclusive: x in [1, width].
-        boxes = tuple(LabeledBox(clamp01((x1 - 1) / w), clamp01((y1 - 1) / h), clamp01(x2 / w), clamp01(y2 / h),
-                                 label) for label, x1, y1, x2, y2 in objects if x2 > x1 and y2 > y1)
+        boxes = tuple(b for b in (_box(obj, i, xml_path, w, h, report) for i, obj in enumerate(objects, 1)) if b)
         out.append(Example(id=xml_path.stem, image_path=image, boxes=boxes, split=splits.get(xml_path.stem),
                            source="import", meta={"width": w, "height": h}))
         report.read += 1

@@ -1,7 +1,8 @@
 """YOLO txt (detection): ``images/[split/]x.jpg`` + ``labels/[split/]x.txt`` with ``class cx cy w h``.
 
 Class names come from ``classes.txt`` (one per line) or the ``names`` of
-``data.yaml``.
+``data.yaml``. A malformed line skips its image; a box with no area, wholly
+outside the image or of an unnamed class is dropped and counted.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Iterable
 
 from trainer.dataset import Example, LabeledBox
 
-from .common import (SPLIT_ALIASES, FormatError, ReadReport, atomic_write_text, check_image, clamp01, file_name,
-                     file_stem, list_images, place_image)
+from .common import (SPLIT_ALIASES, UNKNOWN_CLASS, FormatError, ReadReport, atomic_write_text, check_image,
+                     file_name, file_stem, list_images, make_box, place_image)
 
 
 def _names(root: Path) -> list[str]:
@@ -36,20 +37,28 @@ def _names(root: Path) -> list[str]:
     raise FormatError(f"{root}: no classes.txt or data.yaml with names")
 
 
-def _boxes(txt: Path, names: list[str]) -> tuple[LabeledBox, ...]:
-    boxes = []
+def _boxes(txt: Path, names: list[str], report: ReadReport) -> tuple[LabeledBox, ...]:
+    """The boxes of one label file; a malformed line fails the file, a box that is unusable is dropped and counted."""
+    rows = []
     for n, line in enumerate(txt.read_text().splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 5:
             raise ValueError(f"line {n}: expected 'class cx cy w h'")
-        cls = int(parts[0])
-        cx, cy, w, h = (float(p) for p in parts[1:])
+        try:
+            rows.append((n, int(parts[0]), *(float(p) for p in parts[1:])))
+        except ValueError as e:
+            raise ValueError(f"line {n}: {e}") from e
+    boxes = []
+    for n, cls, cx, cy, w, h in rows:
+        where = f"{txt.name} line {n}"
         if not 0 <= cls < len(names):
-            raise ValueError(f"line {n}: class {cls} has no name")
-        boxes.append(LabeledBox(clamp01(cx - w / 2), clamp01(cy - h / 2), clamp01(cx + w / 2), clamp01(cy + h / 2),
-                                names[cls]))
+            report.drop_box(where, UNKNOWN_CLASS, f"class {cls} has no name ({len(names)} names)")
+            continue
+        box = make_box(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, 1.0, 1.0, names[cls], where, report)
+        if box is not None:
+            boxes.append(box)
     return tuple(boxes)
 
 
@@ -68,7 +77,7 @@ def read_yolo(path: str | Path, report: ReadReport | None = None) -> list[Exampl
             txt = lbl_dir / f"{image.stem}.txt"
             try:
                 info = check_image(image)
-                boxes = _boxes(txt, names) if txt.is_file() else ()  # no file: an image with no objects
+                boxes = _boxes(txt, names, report) if txt.is_file() else ()  # no file: an image with no objects
             except ValueError as e:
                 report.skip(image, str(e))
                 continue
