@@ -35,6 +35,11 @@ class ImportOut(BaseModel):
     added: int
     outside_root: int = Field(description="images refused because they resolve outside import_root (symlinks)")
     skipped: list[list[str]]
+    boxes_read: int = Field(0, description="detection: boxes kept")
+    boxes_dropped: dict[str, int] = Field(default_factory=dict,
+                                          description="detection: boxes left out, by reason (zero-area, ...)")
+    boxes_clipped: int = Field(0, description="detection: boxes kept, clipped to their image")
+    box_notes: list[list[str]] = Field(default_factory=list, description="[where, reason] of the first dropped boxes")
 
 
 def _under(root: Path, relative: str) -> Path:
@@ -72,7 +77,9 @@ def post_import(body: ImportIn, user: User, store: StoreDep, request: Request) -
         raise HTTPException(422, str(e)) from e
     outside = sum(1 for _p, why in report.skipped if why.startswith(OUTSIDE_REASON))
     return ImportOut(read=report.read, added=added, outside_root=outside,
-                     skipped=[list(s) for s in report.skipped[:1000]])
+                     skipped=[list(s) for s in report.skipped[:1000]], boxes_read=report.boxes_read,
+                     boxes_dropped=report.boxes_dropped, boxes_clipped=report.boxes_clipped,
+                     box_notes=[list(n) for n in report.box_notes])
 
 
 def _refuse_outside_annotations(fmt: str, path: Path, root: Path) -> None:
