@@ -54,3 +54,19 @@ def test_review_page_shows_and_accepts_the_teachers_prelabel(tmp_path: Path) -> 
         assert [e["action"] for e in store.label_history(first)] == ["accept_prelabel"]
         teacher_boxes = [{k: b[k] for k in ("x1", "y1", "x2", "y2", "label")} for b in accepted.prelabel["boxes"]]
         assert accepted.boxes == teacher_boxes and first in ids.values()
+
+
+def test_review_page_says_when_the_teacher_did_not_load(tmp_path: Path) -> None:
+    _require_chromium()
+    bad = tmp_path / "teacher.onnx"
+    bad.write_text("not onnx")
+    with running_server(tmp_path / "data", "detection", PROJECT, assist={"model": str(bad)}) as (base, store):
+        ingest_detections(store, {"a": frame([(1, 2)])})
+        with browser_page() as (page, errors):
+            login(page, base)
+            wait_item(page)
+            page.wait_for_selector("#assist-notice:not(.hidden)")
+            assert "teacher model is not loaded" in page.inner_text("#assist-notice")
+            assert "teacher.onnx is not a loadable ONNX model" in page.inner_text("#assist-notice")
+            source_is(page, "edge")  # the edge model's pre-labels still show
+            assert not errors, errors

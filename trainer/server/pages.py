@@ -147,7 +147,8 @@ def review(request: Request) -> Response:
     filters = [{"key": k, "title": t, "list": dl, "value": request.query_params.get(k, "")}
                for k, t, dl in REVIEW_FILTERS]
     return _render(request, "review.html", "review", user, filters=filters,
-                   any_filter=any(f["value"] for f in filters))
+                   any_filter=any(f["value"] for f in filters),
+                   assist=getattr(request.app.state.service, "assist", None) is not None)
 
 
 @router.get("/dataset")

@@ -345,6 +345,18 @@
     return edgeloop.showProgress($("progress"));
   }
 
+  // A configured teacher that did not load is said here, not only in the server's log.
+  async function showAssistState() {
+    const box = $("assist-notice"); // only on a server with an [assist] section
+    if (!box) return;
+    let st;
+    try { st = await api("/api/assist"); } catch (_) { return; }
+    if (st.state === "failed") {
+      box.textContent = `The teacher model is not loaded, so there are no teacher pre-labels: ${st.error}`;
+      box.classList.remove("hidden");
+    } else box.classList.add("hidden");
+  }
+
   let flashTimer = null;
   function flash(text) {
     const f = $("flash");
@@ -470,6 +482,7 @@
       document.querySelectorAll(`[data-task]:not([data-task="${state.task}"])`).forEach((n) => n.classList.add("hidden"));
       refreshProgress();
       fillFilterOptions();
+      showAssistState();
       await showNext();
     } catch (err) {
       showError(err);
