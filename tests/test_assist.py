@@ -253,6 +253,10 @@ def test_classifier_teacher_on_request_sums_mapped_classes(tmp_path: Path) -> No
             # force: everything unlabelled is done again (with the same teacher key)
             assert a.request_run(force=True) == 5
             assert a.wait_idle(30) and store.counters()["assist_done"] == 11
+            # --auto-label: every pending item takes its pre-label
+            from trainer.assist.prelabels import accept_all
+            assert accept_all(store, "auto", teacher=a.teacher.key) == 5
+            assert store.count("pending_review") == 0 and store.count("labeled") == 6
         finally:
             a.stop()
 

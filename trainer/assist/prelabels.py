@@ -115,3 +115,28 @@ def accept(store: Store, example_id: int, user: str) -> None:
         db.execute("UPDATE label_events SET action = 'accept_prelabel' WHERE id = (SELECT max(id) FROM label_events"
                    " WHERE example_id = ?)", [example_id])
     store.write(fn)
+
+
+def accept_all(store: Store, user: str, teacher: str | None = None, limit: int = 10_000) -> int:
+    """Accept the pre-label of every pending item that has a successful one (``teacher``: only its).
+
+    For ``--auto-label`` runs (the demo's oracle stand-in); an item the project cannot take (a label
+    it does not have) is left pending and counted as ``assist_accept_refused``. Returns how many.
+    """
+    where, args = "", []
+    if teacher is not None:
+        where, args = " AND p.teacher = ?", [teacher]
+    rows = store.db.read().execute(
+        "SELECT DISTINCT e.id FROM examples e JOIN prelabels p ON p.example_id = e.id"
+        f" WHERE e.status = 'pending_review' AND p.state = 'done'{where} ORDER BY e.id LIMIT ?",
+        [*args, limit]).fetchall()
+    accepted = refused = 0
+    for (example_id,) in rows:
+        try:
+            accept(store, example_id, user)
+            accepted += 1
+        except InvalidLabel:
+            refused += 1
+    if refused:
+        store.incr({"assist_accept_refused": refused})
+    return accepted
