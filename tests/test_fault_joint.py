@@ -156,111 +156,144 @@ PICK_ALL = {"strategies": [{"name": "random", "rate": 1.0}]}
 PICK_NONE = {"strategies": [{"name": "random", "rate": 0.0}]}
 
 
-def test_real_agents_broker_and_collector_under_faults(tmp_path: Path) -> None:
-    started = time.monotonic()
-    b1 = LocalBroker(tmp_path / "broker1")
-    if b1.kind != "mosquitto":
-        pytest.skip("needs mosquitto (broker persistence, kill -9)")
-    b1.start()
-    broker = b1
-    data = tmp_path / "server"
-    store_db = data / "edgeloop.db"
-    (tmp_path / "server.toml").write_text(
-        f'[mqtt]\nhost = "{b1.host}"\nport = {b1.port}\nclient_id = "joint-collector"\nbatch_ms = 20\n'
-        f'protocol = "3.1.1"\n[http]\nenabled = false\n[store]\ndata_dir = "{data}"\n')
-    collector = Proc([sys.executable, "-m", "trainer.server", "--config", str(tmp_path / "server.toml")],
-                     tmp_path / "collector.log")
-    model = make_classifier(tmp_path / "model.onnx", version=1)
-    proxies = {n: FaultProxy(b1.host, b1.port, corrupt=(lambda f: _seq(f) % CORRUPT_EVERY == 5) if n == "fb"
-                             else None, inspect=n == "fb") for n in ("fa", "fb", "fc")}
-    common = {"mqtt": {"keepalive_s": 5, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}}
-    a = Agent(tmp_path, "fa", proxies["fa"], model, cameras=_camera(1, N_A, 60), sampling=PICK_ALL,
-              uplink={"receipt_timeout_s": 2.0, "max_inflight": 32}, **common)
-    b = Agent(tmp_path, "fb", proxies["fb"], model, cameras=_camera(2, 0, 50), sampling=PICK_ALL,
-              uplink={"receipt_timeout_s": 3600.0, "max_inflight": 2000}, **common)
-    c = Agent(tmp_path, "fc", proxies["fc"], model, cameras=_camera(3, N_C, 100), sampling=PICK_ALL,
-              uplink={"receipt_timeout_s": 2.0, "max_inflight": 32}, outbox={"max_bytes": 256 * 1024}, **common)
-    agents = (a, b, c)
-    procs = lambda: [collector] + [x.proc for x in agents if x.proc]  # noqa: E731
-    stored = lambda: (_query(store_db, "SELECT count(*) FROM samples") or [(0,)])[0][0]  # noqa: E731
-    outage = None
-    try:
-        collector.start()
-        proxies["fc"].drop()  # fc has never reached the broker when its outbox overflows
-        for x in agents:
+class Rig:
+    """The broker, the collector process, one fault proxy and one agent process per agent."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.b1 = LocalBroker(tmp / "broker1")
+        if self.b1.kind != "mosquitto":
+            pytest.skip("needs mosquitto (broker persistence, kill -9)")
+        self.broker = self.b1
+        data = tmp / "server"
+        self.store_db = data / "edgeloop.db"
+        (tmp / "server.toml").write_text(
+            f'[mqtt]\nhost = "{self.b1.host}"\nport = {self.b1.port}\nclient_id = "joint-collector"\n'
+            f'batch_ms = 20\nprotocol = "3.1.1"\n[http]\nenabled = false\n[store]\ndata_dir = "{data}"\n')
+        self.collector = Proc([sys.executable, "-m", "trainer.server", "--config", str(tmp / "server.toml")],
+                              tmp / "collector.log")
+        model = make_classifier(tmp / "model.onnx", version=1)
+        corrupt = lambda f: _seq(f) % CORRUPT_EVERY == 5  # noqa: E731
+        self.proxies = {n: FaultProxy(self.b1.host, self.b1.port, corrupt=corrupt if n == "fb" else None)
+                        for n in ("fa", "fb", "fc")}
+        common = {"mqtt": {"keepalive_s": 5, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}}
+        self.a = Agent(tmp, "fa", self.proxies["fa"], model, cameras=_camera(1, N_A, 60), sampling=PICK_ALL,
+                       uplink={"receipt_timeout_s": 2.0, "max_inflight": 32}, **common)
+        self.b = Agent(tmp, "fb", self.proxies["fb"], model, cameras=_camera(2, 0, 50), sampling=PICK_ALL,
+                       uplink={"receipt_timeout_s": 3600.0, "max_inflight": 2000}, **common)
+        self.c = Agent(tmp, "fc", self.proxies["fc"], model, cameras=_camera(3, N_C, 100), sampling=PICK_ALL,
+                       uplink={"receipt_timeout_s": 2.0, "max_inflight": 32}, outbox={"max_bytes": 256 * 1024},
+                       **common)
+        self.agents = (self.a, self.b, self.c)
+        self.outage = None
+
+    def procs(self) -> list[Proc]:
+        return [self.collector] + [x.proc for x in self.agents if x.proc]
+
+    def stored(self) -> int:
+        return (_query(self.store_db, "SELECT count(*) FROM samples") or [(0,)])[0][0]
+
+    def wait_stored(self, n: int) -> None:
+        _wait(f"{n} frames stored", lambda: self.stored() >= n, 60, *self.procs())
+
+    def kill_collector(self) -> None:
+        self.collector.kill9()
+        self.collector.start()
+
+    def start(self) -> None:
+        self.b1.start()
+        self.collector.start()
+        self.proxies["fc"].drop()  # fc has never reached the broker when its outbox overflows
+        for x in self.agents:
             x.start()
 
-        # -- phase 1: broker without persistence ------------------------------------------------
-        _wait("100 frames stored", lambda: stored() >= 100, 60, *procs())
-        collector.kill9()  # 1
-        collector.start()
-        outage = _cut(proxies["fa"], OUTAGE_S)
-        _wait("250 frames stored", lambda: stored() >= 250, 60, *procs())
-        b1.kill()  # the collector's session and every queued message are gone
+    def without_persistence(self) -> None:
+        self.wait_stored(100)
+        self.kill_collector()  # 1
+        self.outage = _cut(self.proxies["fa"], OUTAGE_S)
+        self.wait_stored(250)
+        self.b1.kill()  # the collector's session and every queued message are gone
         time.sleep(0.5)
-        b1.start()
+        self.b1.start()
+        c = self.c
         _wait("fc's camera ended", _settled(c, N_C // 2), 60, c.proc)
         full = c.counters()
         assert full["evicted"] > 0 and full["delivered"] == 0, full
         c.proc.kill9()  # with a full outbox
-        proxies["fc"].restore()
+        self.proxies["fc"].restore()
         c.start(sampling=PICK_NONE)
-        _wait("400 frames stored", lambda: stored() >= 400, 60, *procs())
-        collector.kill9()  # 2
-        collector.start()
+        self.wait_stored(400)
+        self.kill_collector()  # 2
 
-        # -- phase 2: broker with persistence ---------------------------------------------------
-        _wait("550 frames stored", lambda: stored() >= 550, 60, *procs())
-        b1.stop()
-        broker = LocalBroker(tmp_path / "broker2", port=b1.port, extra_conf=(
-            f"persistence true\npersistence_location {tmp_path / 'broker2'}/\nautosave_interval 1\n"))
-        broker.start()
-        _wait("700 frames stored", lambda: stored() >= 700, 60, *procs())
+    def with_persistence(self) -> None:
+        self.wait_stored(550)
+        self.b1.stop()
+        self.broker = LocalBroker(self.tmp / "broker2", port=self.b1.port, extra_conf=(
+            f"persistence true\npersistence_location {self.tmp / 'broker2'}/\nautosave_interval 1\n"))
+        self.broker.start()
+        self.wait_stored(700)
         time.sleep(1.2)  # one autosave with the collector's session in it
-        broker.kill()
+        self.broker.kill()
         time.sleep(0.5)
-        broker.start()
-        _wait("850 frames stored", lambda: stored() >= 850, 60, *procs())
-        collector.kill9()  # 3
-        collector.start()
-        outage.join(OUTAGE_S + 30)
+        self.broker.start()
+        self.wait_stored(850)
+        self.kill_collector()  # 3
+        self.outage.join(OUTAGE_S + 30)
 
-        # -- drain: fa and fc deliver everything; fb is left with frames stuck in flight --------------
+    def drain(self) -> None:
+        """fa and fc deliver everything they picked."""
+        a, c = self.a, self.c
         _wait("fa's camera ended", _settled(a, N_A // 2), 120, a.proc)
         _wait("fa and fc drained", lambda: a.counters()["pending"] == 0 and c.counters()["pending"] == 0,
-              120, *procs())
-        _wait("1,050 frames stored", lambda: stored() >= 1050, 60, *procs())
-        proxies["fb"].drop_receipts.set()
+              120, *self.procs())
+        self.wait_stored(1050)
+
+    def resend_drill(self) -> None:
+        """fb's receipts vanish: what it sends stays in flight (an hour's timeout) until resend_outbox."""
+        b, proxy = self.b, self.proxies["fb"]
+        proxy.drop_receipts.set()
         before = b.counters()["picked"]
         _wait("fb picks 20 more frames", lambda: b.counters()["picked"] >= before + 20, 30, b.proc)
-        b.proc.stop()  # fb stops picking; its receipts vanish from here on
-        b.start(sampling=PICK_NONE)
+        b.proc.stop()
+        b.start(sampling=PICK_NONE)  # it resends what is pending once, on connecting
         stuck = b.pending_ids()
         assert stuck, b.counters()
-        in_store = lambda ids: {r[0] for r in _query(  # noqa: E731
-            store_db, "SELECT frame_id FROM samples")} & ids
-        good = {f for f in stuck if f not in proxies["fb"].corrupted and _seq(f) % CORRUPT_EVERY != 5}
-        _wait("fb's pending frames stored (their receipts dropped)", lambda: in_store(good) == good, 60,
-              collector, b.proc)
+        good = {f for f in stuck if _seq(f) % CORRUPT_EVERY != 5}
+        stored_of = lambda: {r[0] for r in _query(self.store_db, "SELECT frame_id FROM samples")} & good  # noqa
+        _wait("fb's pending frames stored (their receipts dropped)", lambda: stored_of() == good, 60,
+              self.collector, b.proc)
         time.sleep(1.0)
         assert b.pending_ids() == stuck, "fb must not resend before its receipt timeout"
-        proxies["fb"].drop_receipts.clear()
-        publish(broker.host, broker.port, command_topic("fb"),
+        proxy.drop_receipts.clear()
+        publish(self.broker.host, self.broker.port, command_topic("fb"),
                 encode(Command(command_id="resend-1", action="resend_outbox", issued_at=time.time())))
-        _wait("fb drained after resend_outbox", lambda: b.counters()["pending"] == 0, 30, collector, b.proc)
-    finally:
-        if outage is not None:
-            outage.join(OUTAGE_S + 30)
-        for x in agents:
+        _wait("fb drained after resend_outbox", lambda: b.counters()["pending"] == 0, 30, self.collector, b.proc)
+
+    def close(self) -> None:
+        if self.outage is not None:
+            self.outage.join(OUTAGE_S + 30)
+        for x in self.agents:
             if x.proc:
                 x.proc.stop()
-        collector.stop()
-        for p in proxies.values():
+        self.collector.stop()
+        for p in self.proxies.values():
             p.close()
-        broker.stop()
-        b1.stop()
-    elapsed = time.monotonic() - started
-    _check(tmp_path, store_db, agents, proxies, elapsed)
+        self.broker.stop()
+        self.b1.stop()
+
+
+def test_real_agents_broker_and_collector_under_faults(tmp_path: Path) -> None:
+    started = time.monotonic()
+    rig = Rig(tmp_path)
+    try:
+        rig.start()
+        rig.without_persistence()
+        rig.with_persistence()
+        rig.drain()
+        rig.resend_drill()
+    finally:
+        rig.close()
+    _check(tmp_path, rig.store_db, rig.agents, rig.proxies, time.monotonic() - started)
 
 
 def _cut(proxy: FaultProxy, seconds: float):
