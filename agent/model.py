@@ -103,6 +103,9 @@ def load_card_file(path: Path) -> ModelCard:
 
 def choose_providers(wanted: Sequence[str]) -> list[str]:
     """onnxruntime names of the wanted providers this onnxruntime build has, CPU as the last resort."""
+    unknown = [w for w in wanted if w not in PROVIDERS]
+    if unknown:
+        raise ModelError(f"unknown execution provider {', '.join(unknown)} (known: {', '.join(PROVIDERS)})")
     available = set(ort.get_available_providers())
     chosen = [PROVIDERS[w] for w in wanted if PROVIDERS[w] in available]
     return chosen or ["CPUExecutionProvider"]
