@@ -8,13 +8,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from PIL import Image
 
 from trainer.dataset import Example
 from trainer.store import BadImage, Store, new_example
 from trainer.store.blobs import sniff_ext
+from trainer.store.labels import label_problem
 
 from .common import FormatError, ReadReport
 from .coco import read_coco, write_coco
@@ -92,6 +93,7 @@ def import_examples(store: Store, examples: list[Example], *, fmt: str, task: st
             else:
                 report.skip(e.image_path, f"{OUTSIDE_REASON}: resolves outside it through a symlink")
         examples = kept
+    examples = _possible_labels(examples, report)
     labels = sorted({e.label for e in examples if e.label} | {b.label for e in examples for b in e.boxes})
     added = 0
     for start in range(0, len(examples), CHUNK):
@@ -106,8 +108,41 @@ def import_examples(store: Store, examples: list[Example], *, fmt: str, task: st
     return added
 
 
+def _possible_labels(examples: list[Example], report: ReadReport) -> list[Example]:
+    """Examples whose every label is possible in every format (trainer/store/labels.py); the rest reported."""
+    kept = []
+    for e in examples:
+        names = ([e.label] if e.label else []) + [b.label for b in e.boxes]
+        problem = next((f"{p}: {n!r:.80}" for n in names for p in (label_problem(n),) if p), None)
+        if problem:
+            report.skip(e.image_path, f"invalid label: {problem}")
+        else:
+            kept.append(e)
+    return kept
+
+
+def _checked(examples: Iterable[Example]) -> Iterator[Example]:
+    for e in examples:
+        for name in ([e.label] if e.label else []) + [b.label for b in e.boxes]:
+            _check_export_label(name)
+        yield e
+
+
+def _check_export_label(name: str) -> None:
+    problem = label_problem(name)
+    if problem:  # only a store from before the rule can hold one; writing it would break the format
+        raise FormatError(f"label {name!r:.80} cannot be exported ({problem}); rename it first")
+
+
 def export_examples(examples: Iterable[Example], fmt: str, out: str | Path, labels: Iterable[str] = ()) -> int:
-    """Write a dataset directory atomically: built beside ``out``, renamed into place when complete."""
+    """Write a dataset directory atomically: built beside ``out``, renamed into place when complete.
+
+    Every label name is checked with the one rule of trainer/store/labels.py first.
+    """
+    labels = list(labels)
+    for name in labels:
+        _check_export_label(name)
+    examples = _checked(examples)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FormatError(f"{out} exists and is not empty")

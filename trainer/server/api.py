@@ -36,7 +36,7 @@ StoreDep = Annotated[Store, Depends(store_of)]
 def _item(store: Store, item_id: int) -> s.ItemOut:
     project = store.project()
     try:
-        return s.item_out(store.item(item_id), project.task, project.labels)
+        return s.item_out(store.item(item_id), project.task)
     except NotFound as e:
         raise HTTPException(404, str(e)) from e
 
@@ -61,7 +61,40 @@ def get_queue(user: User, store: StoreDep,
                           strategy=strategy, status=status)
     items, total = store.queue(filters, limit, offset)
     project = store.project()
-    return s.QueueOut(items=[s.item_out(i, project.task, project.labels) for i in items], total=total)
+    return s.QueueOut(items=[s.item_out(i, project.task) for i in items], total=total,
+                      labels=list(project.labels))
+
+
+@router.get("/labels/pending", response_model=s.PendingLabelsOut,
+            summary="label names agents reported that the project does not know (agents never add labels)")
+def get_pending_labels(user: User, store: StoreDep) -> s.PendingLabelsOut:
+    return s.PendingLabelsOut(pending=[s.PendingLabelOut.model_validate(p) for p in store.pending_labels()],
+                              dropped=store.counters().get("pending_labels_dropped", 0))
+
+
+_PENDING_ERRORS = {**NOT_FOUND, 422: {"model": s.ErrorOut, "description": "not a possible label name"}}
+
+
+@router.post("/labels/approve", response_model=s.ProjectOut, responses=_PENDING_ERRORS,
+             summary="add a pending label name to the project's labels")
+def post_approve_label(body: s.LabelNameIn, user: User, store: StoreDep) -> s.ProjectOut:
+    try:
+        p = store.approve_label(body.name)
+    except NotFound as e:
+        raise HTTPException(404, str(e)) from e
+    except InvalidLabel as e:
+        raise HTTPException(422, str(e)) from e
+    return s.ProjectOut(name=p.name, task=p.task, labels=list(p.labels), batch_size=p.batch_size)
+
+
+@router.post("/labels/dismiss", response_model=s.PendingLabelsOut, responses=NOT_FOUND,
+             summary="forget a pending label name (it is listed again if an agent reports it again)")
+def post_dismiss_label(body: s.LabelNameIn, user: User, store: StoreDep) -> s.PendingLabelsOut:
+    try:
+        store.dismiss_label(body.name)
+    except NotFound as e:
+        raise HTTPException(404, str(e)) from e
+    return get_pending_labels(user, store)
 
 
 @router.get("/items/{item_id}", response_model=s.ItemOut, responses=NOT_FOUND, summary="one item")

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from trainer.assist.config import AssistConfig
 from trainer.publish.service import PublishingConfig
+from trainer.store.labels import label_problem
 from trainer.rounds.pipeline import RoundsConfig
 
 TOKEN_ENV = "EDGELOOP_SERVER_TOKEN"
@@ -74,8 +75,12 @@ class ProjectConfig(_Strict):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(v)) != len(v) or any(not x or len(x) > 64 for x in v):
-            raise ValueError("labels must be unique non-empty names of at most 64 characters")
+        if len(set(v)) != len(v):
+            raise ValueError("labels must be unique")
+        for x in v:  # the one rule for label names (trainer/store/labels.py): possible in every export format
+            problem = label_problem(x)
+            if problem:
+                raise ValueError(f"{problem}: {x!r:.80}")
         return v
 
 

@@ -66,7 +66,6 @@ class ItemOut(BaseModel):
     width: int
     height: int
     task: Literal["classification", "detection"] | None
-    labels: list[str]
     prediction: Prediction
     predicted_label: str | None
     uncertainty: float | None
@@ -91,6 +90,23 @@ class ItemOut(BaseModel):
 class QueueOut(BaseModel):
     items: list[ItemOut]
     total: int
+    labels: list[str] = Field(description="the project's labels, once per page (items do not repeat them)")
+
+
+class LabelNameIn(_In):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class PendingLabelOut(BaseModel):
+    name: str
+    samples: int = Field(description="stored samples whose model named it")
+    first_seen: float
+    last_seen: float
+
+
+class PendingLabelsOut(BaseModel):
+    pending: list[PendingLabelOut]
+    dropped: int = Field(description="samples' unknown names not listed because the list was full")
 
 
 class BoxIn(_In):
@@ -198,10 +214,10 @@ class ErrorOut(BaseModel):
     detail: str
 
 
-def item_out(item: Item, task: str | None, labels: tuple[str, ...]) -> ItemOut:
+def item_out(item: Item, task: str | None) -> ItemOut:
     return ItemOut(
         id=item.id, image_url=f"/api/images/{item.id}", width=item.width, height=item.height,
-        task=task or item.task, labels=list(labels), prediction=Prediction.model_validate(item.prediction),
+        task=task or item.task, prediction=Prediction.model_validate(item.prediction),
         predicted_label=item.predicted_label, uncertainty=item.uncertainty, strategy=item.strategy,
         reason=item.reason, agent_id=item.agent_id, camera_id=item.camera_id, model_name=item.model_name,
         model_version=item.model_version, captured_at=item.captured_at, frame_id=item.frame_id,

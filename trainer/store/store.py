@@ -15,6 +15,7 @@ import sqlite_utils
 
 from trainer.dataset import SPLITS, Example, LabeledBox
 
+from . import labels as labels_mod
 from . import review
 from .blobs import EXT_OF, MEDIA_TYPES, ImageCache, sha256
 from .db import Database
@@ -124,6 +125,18 @@ class Store:
     def record_fleet_async(self, statuses: list, telemetry: list, received_at: float | None = None):
         now = received_at or time.time()
         return self.db.write_async(lambda db: _record_fleet(db, statuses, telemetry, now))
+
+    def pending_labels(self) -> list[dict]:
+        """Label names agents reported that the project does not know, most frequent first."""
+        return labels_mod.pending(self.db.read())
+
+    def approve_label(self, name: str) -> Project:
+        """Add a pending name to the project's labels (NotFound if not pending, InvalidLabel)."""
+        self.write(lambda db: labels_mod.approve(db, name))
+        return self.project()
+
+    def dismiss_label(self, name: str) -> None:
+        self.write(lambda db: labels_mod.dismiss(db, name))
 
     def incr(self, counts: dict[str, int]) -> None:
         self.write(lambda db: _incr(db, counts))
@@ -305,11 +318,12 @@ def _incr(db: sqlite_utils.Database, counts: dict[str, int]) -> None:
 def _ensure_project(db: sqlite_utils.Database, task: str | None, labels: tuple[str, ...]) -> None:
     row = db.execute("SELECT task, labels FROM projects WHERE id = 1").fetchone()
     if row is None:
+        fresh = [labels_mod.check_label(x) for x in dict.fromkeys(labels)]
         db.execute("INSERT INTO projects (id, name, task, labels, created_at) VALUES (1, 'default', ?, ?, ?)",
-                   [task, json.dumps(list(dict.fromkeys(labels))), time.time()])
+                   [task, json.dumps(fresh), time.time()])
         return
     current = json.loads(row[1])
-    merged = current + [x for x in dict.fromkeys(labels) if x not in current]
+    merged = current + [labels_mod.check_label(x) for x in dict.fromkeys(labels) if x not in current]
     if merged != current:
         db.execute("UPDATE projects SET labels = ? WHERE id = 1", [json.dumps(merged)])
     if row[0] is None and task is not None:
@@ -340,8 +354,12 @@ def _ingest(db: sqlite_utils.Database, incoming: list[IncomingSample]) -> Ingest
             # Another agent's frame: receipting it as stored would make this agent drop a frame never kept.
             conflicts.append((agent, fid))
     _put_blobs(db, [(inc.sha, inc.sample.jpeg) for inc in fresh])
-    for task, labels in dict.fromkeys((inc.sample.task, tuple(inc.sample.labels)) for inc in fresh):
-        _ensure_project(db, task, labels)
+    for task in dict.fromkeys(inc.sample.task for inc in fresh):
+        _ensure_project(db, task, ())
+    # Agents never add labels: unknown names wait in pending_labels for a person (labels.py).
+    adopted = labels_mod.from_agents(db, [tuple(inc.sample.labels) for inc in fresh], time.time())
+    if adopted:
+        _ensure_project(db, None, adopted)
     # This is the only writer, so ids can be assigned here and both tables filled with executemany.
     first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM examples").fetchone()[0]
     ids_new = range(first, first + len(fresh))
