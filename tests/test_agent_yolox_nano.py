@@ -1,4 +1,4 @@
-"""YOLOX-Nano (../shared/models/yolox-nano) through its shipped card, against an independent decode.
+"""YOLOX-Nano (../shared/models/yolox-nano) through its shipped card: against an independent decode, and in the agent.
 
 The reference below follows ../shared/models/yolox-nano/README.md literally, with its own onnxruntime
 session, its own letterbox, grid decode and NMS: nothing from agent/ is used for it. Skipped without
@@ -101,3 +101,36 @@ def test_yolox_nano_finds_the_cars_as_its_readme_decodes_them(tmp_path):
             assert np.allclose(gb, np.clip(wb, 0, clip), atol=0.05), (gb, wb)
         cars = [s for lab, s, _ in got if lab == CAR]
         assert len(cars) >= 3 and max(cars) >= 0.7  # the README: cars with scores up to about 0.85
+
+
+@pytest.mark.slow
+def test_agent_runs_yolox_nano_on_the_highway_video(broker, tmp_path):
+    """The whole agent (video source, sampling, outbox, MQTT) with the model and its sidecar card."""
+    if not MODEL.exists() or not VIDEO.exists():
+        pytest.skip("../shared/models/yolox-nano or ../shared/data/video is absent")
+    from agent_helpers import Collector, base_config, running, write_config
+    from mqtt_util import wait_until
+
+    model = tmp_path / "yolox_nano.onnx"
+    shutil.copy(MODEL, model)
+    shutil.copy(CARD, tmp_path / "yolox_nano.onnx.card.toml")
+    cfg = base_config(tmp_path, broker, model, model={"name": "yolox-nano", "intra_op_threads": 2},
+                      cameras=[{"id": "road", "source": str(VIDEO), "on_eof": "stop"}],
+                      sampling={"strategies": [{"name": "threshold_band", "low": 0.3, "high": 0.5}], "seed": 3,
+                                "dedup_hamming": 6})
+    collector = Collector(broker.host, broker.port)
+    try:
+        with running(write_config(tmp_path / "a.toml", cfg)) as agent:
+            assert wait_until(lambda: agent.sources_done() and agent.outbox.stats().pending == 0, 240)
+            assert agent.frames == 500 and agent.inference_errors == 0
+            stats = agent.outbox.stats()
+            assert wait_until(lambda: collector.last_status() is not None, 10)
+            assert collector.last_status().provider == "cpu"
+        assert stats.picked == stats.delivered > 0
+        assert wait_until(lambda: len(collector.ids()) == stats.picked, 10)
+        for s in collector.received:
+            assert s.model_name == "yolox-nano" and len(s.labels) == 80 and (s.width, s.height) == (320, 240)
+            assert any(0.3 <= b.score <= 0.5 for b in s.boxes)  # what the band strategy picked it for
+        assert any(s.labels[b.label] == "car" and b.score >= 0.5 for s in collector.received for b in s.boxes)
+    finally:
+        collector.close()
