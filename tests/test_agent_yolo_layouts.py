@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 
 from agent.model import ModelError, NonFiniteOutput, load_runner
 from agent.preprocess import Geometry
 from agent_helpers import make_constant_model
+from protocol.errors import ProtocolError
+from protocol.modelcard import card_from_dict
 
 FRAME_W, FRAME_H, SIZE = 200, 100, 64
 LABELS = ["car", "person"]
@@ -179,7 +182,6 @@ def test_grayscale_nhwc_uint8_raw_pixels_top_left(tmp_path):
     runner, pred = run(tmp_path, {"output0": decoded_rows(geo, False).T[None]}, spec, image=image,
                        input_shape=(1, SIZE, SIZE, 1), input_dtype="uint8")
     assert_boxes(pred, [A[0], B[0]], [0.81, 0.70], [0, 1])
-    import cv2
     tensor, got_geo = runner.preprocess(image)
     want = np.full((SIZE, SIZE), 7, np.uint8)
     want[:32] = cv2.cvtColor(cv2.resize(image, (SIZE, 32), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2GRAY)
@@ -253,8 +255,5 @@ def test_rgb_card_on_a_grayscale_model_fails_at_load(tmp_path):
     ({"type": "yolo"}, {"dtype": "uint8", "scale": 0.5}, "leave out scale"),
 ])
 def test_inconsistent_cards_are_refused(tmp_path, output, input_spec, message):
-    from protocol.errors import ProtocolError
-    from protocol.modelcard import card_from_dict
-
     with pytest.raises(ProtocolError, match=message):
         card_from_dict(card(output, **input_spec))
