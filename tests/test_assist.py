@@ -17,9 +17,12 @@ import pytest
 from agent_helpers import LABELS, make_classifier, make_detector, make_faulty_classifier
 from factories import detection_sample, sample
 from test_ui_review import TOKEN, running_server
+from edgeloop.cli import main as edgeloop_main
 from trainer.assist import AssistConfig
+from trainer.assist.prelabels import accept, accept_all
 from trainer.assist.teacher import Teacher, TeacherError, label_mapping, map_boxes
 from trainer.assist.worker import Assist
+from trainer.server.cli import main as server_main
 from trainer.store import Store, incoming, new_example
 
 pytestmark = pytest.mark.timeout(120)
@@ -182,17 +185,15 @@ def test_card_that_does_not_fit_and_a_bad_map_are_load_errors(tmp_path: Path) ->
 
 
 def test_check_config_loads_the_teacher(tmp_path: Path, capsys) -> None:
-    from trainer.server.cli import main
-
     bad = tmp_path / "teacher.onnx"
     bad.write_text("not onnx")
     cfg = tmp_path / "server.toml"
     cfg.write_text(f'[project]\ntask = "detection"\nlabels = ["vehicle"]\n[assist]\nmodel = "{bad}"\n')
-    assert main(["--check-config", str(cfg)]) == 1
+    assert server_main(["--check-config", str(cfg)]) == 1
     assert "not a loadable ONNX model" in capsys.readouterr().err
     cfg.write_text(f'[project]\ntask = "detection"\nlabels = ["vehicle"]\n[assist]\n'
                    f'model = "{make_detector(tmp_path / "b.onnx")}"\nlabel_map = {{ blob = "vehicle" }}\n')
-    assert main(["--check-config", str(cfg)]) == 0
+    assert server_main(["--check-config", str(cfg)]) == 0
 
 
 @pytest.mark.parametrize("fault, error", [("nan", "NonFiniteOutput: nan.onnx"), ("error", "out of data bounds")])
@@ -247,14 +248,12 @@ def test_classifier_teacher_on_request_sums_mapped_classes(tmp_path: Path) -> No
                 assert ex.prelabel["scores"] == pytest.approx(want, abs=1e-5)
                 assert ex.prelabel["label"] == max(want, key=want.get)
             accepted = store.queue()[0][0]
-            from trainer.assist.prelabels import accept
             accept(store, accepted.id, "bot")
             assert store.item(accepted.id).label == accepted.prelabel["label"]
             # force: everything unlabelled is done again (with the same teacher key)
             assert a.request_run(force=True) == 5
             assert a.wait_idle(30) and store.counters()["assist_done"] == 11
             # --auto-label: every pending item takes its pre-label
-            from trainer.assist.prelabels import accept_all
             assert accept_all(store, "auto", teacher=a.teacher.key) == 5
             assert store.count("pending_review") == 0 and store.count("labeled") == 6
         finally:
@@ -273,8 +272,6 @@ def unlabelled_folder(folder: Path) -> Path:
 
 
 def test_unlabelled_import_and_offline_run_from_the_cli(tmp_path: Path, capsys) -> None:
-    from edgeloop.cli import main
-
     photos = unlabelled_folder(tmp_path / "photos")
     data = tmp_path / "data"
     cfg = tmp_path / "server.toml"
@@ -283,14 +280,14 @@ def test_unlabelled_import_and_offline_run_from_the_cli(tmp_path: Path, capsys) 
                    'min_score = 0.5\nauto = false\n')
     with Store(data) as store:
         store.configure_project(task="detection", labels=("vehicle",))
-    assert main(["assist", "import", str(photos), "--config", str(cfg)]) == 0
+    assert edgeloop_main(["assist", "import", str(photos), "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "4 read, 2 skipped" in out and "3 new unlabelled items" in out
     assert "notes.txt: not an image file name" in out and "broken.jpg: corrupt image" in out
-    assert main(["assist", "import", str(photos), "--config", str(cfg)]) == 0
+    assert edgeloop_main(["assist", "import", str(photos), "--config", str(cfg)]) == 0
     assert "0 new unlabelled items" in capsys.readouterr().out  # re-importing adds nothing
 
-    assert main(["assist", "run", "--config", str(cfg)]) == 0
+    assert edgeloop_main(["assist", "run", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "teacher blobs v1: 3 items to pre-label" in out and '"done": 3' in out and '"waiting": 0' in out
     with Store(data) as store:
@@ -300,7 +297,7 @@ def test_unlabelled_import_and_offline_run_from_the_cli(tmp_path: Path, capsys) 
         assert all(i.source == "import" and i.status == "pending_review" for i in items.values())
         assert [b["label"] for b in items["images:a.jpg"].prelabel["boxes"]] == ["vehicle"]
         assert items["images:c.bmp"].prelabel["boxes"] == [] and items["images:c.bmp"].media_type == "image/png"
-    assert main(["assist", "run", "--config", str(cfg)]) == 0  # idempotent: nothing left to do
+    assert edgeloop_main(["assist", "run", "--config", str(cfg)]) == 0  # idempotent: nothing left to do
     assert "0 items to pre-label" in capsys.readouterr().out
 
 
