@@ -57,7 +57,9 @@ def test_every_endpoint_needs_credentials(client: TestClient) -> None:
             continue  # /models/...onnx: agents download published models without the UI token (docs/publishing.md)
         for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": "Basic abc"}):
             r = client.request(method, path, headers=headers, json={"action": "skip"})
-            assert r.status_code == 401, (method, path, headers, r.status_code)
+            # After http.login_max_failures wrong bearer tokens this address is blocked (429), never let in.
+            assert r.status_code == 401 or (r.status_code == 429 and "Bearer" in headers.get("Authorization", "")), \
+                (method, path, headers, r.status_code)
     assert client.get("/healthz").json()["ok"] is True
 
 
@@ -154,7 +156,7 @@ def test_api_docs_need_login_too(client: TestClient) -> None:
     assert client.get("/openapi.json").status_code == 401
     assert client.get("/docs").status_code == 401
     schema = client.get("/openapi.json", headers=BEARER).json()
-    assert "/api/queue" in schema["paths"] and client.get("/docs", headers=BEARER).status_code == 200
+    assert "/api/queue" in schema["paths"] and client.get("/docs", headers=BEARER).status_code == 404  # http.api_docs
 
 
 def test_import_under_root_only_and_export_zip(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from trainer.store import Conflict, InvalidLabel, NotFound, QueueFilter, Store
 
 from . import schemas as s
-from .auth import COOKIE, Auth, RateLimited, bearer, require_user, safe_next
+from .auth import COOKIE, Auth, RateLimited, bearer, client_address, require_user, safe_next
 from .metrics import prometheus_text
 
 User = Annotated[str, Depends(require_user)]
@@ -164,10 +164,6 @@ def get_progress(user: User, store: StoreDep) -> s.ProgressOut:
                          batch_size=store.project().batch_size)
 
 
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 _LOGIN_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": s.LoginIn.model_json_schema()},
     "application/x-www-form-urlencoded": {"schema": {**s.LoginIn.model_json_schema(), "additionalProperties": True,
@@ -189,7 +185,7 @@ async def post_login(request: Request) -> Response:
         return JSONResponse({"detail": f"login needs a token: {type(e).__name__}"}, 422)
     auth: Auth = request.app.state.auth
     try:
-        result = auth.login(_client(request), body.token, body.user)
+        result = auth.login(client_address(request), body.token, body.user)
     except RateLimited:
         return JSONResponse({"detail": "too many failed logins; wait a minute"}, 429, headers={"Retry-After": "60"})
     if result is None:

@@ -7,9 +7,8 @@ import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import api, api_assist, api_data
 from .auth import Auth, require_user
 from .config import ServerConfig, resolve_token
-from .guards import StrictJson, validation_error_handler
+from .guards import SecurityHeaders, StrictJson, swagger_page, validation_error_handler
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -63,8 +62,11 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _docs_behind_login(app: FastAPI) -> None:
-    """/openapi.json and /docs, for logged-in users only like everything else."""
+def _docs_behind_login(app: FastAPI, swagger: bool) -> None:
+    """/openapi.json and /docs, for logged-in users only like everything else.
+
+    /docs runs Swagger UI from a CDN inside this origin, so it is off unless ``http.api_docs`` is set.
+    """
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi(user: str = Depends(require_user)) -> JSONResponse:
@@ -72,7 +74,10 @@ def _docs_behind_login(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def docs(user: str = Depends(require_user)):
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="edgeloop API")
+        if not swagger:
+            raise HTTPException(404, "the Swagger UI page is off (it loads from cdn.jsdelivr.net): set "
+                                     "http.api_docs = true, or read /openapi.json")
+        return swagger_page("/openapi.json", "edgeloop API")
 
 
 def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
@@ -105,7 +110,7 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
     app.include_router(api_data.router)
     app.include_router(api_assist.router)
     app.include_router(api.public)
-    _docs_behind_login(app)
+    _docs_behind_login(app, config.http.api_docs)
     from trainer.publish import routes as publish_routes
 
     app.include_router(publish_routes.router)  # model downloads for agents: no token, published files only
@@ -122,4 +127,5 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_middleware(StrictJson)  # inside BodyLimit: it reads bodies that were already bounded
     app.add_middleware(BodyLimit, limit=config.http.max_body_bytes)
+    app.add_middleware(SecurityHeaders)  # outermost: the 413 of BodyLimit gets the headers too
     return app

@@ -1,5 +1,8 @@
 """Authentication: a bearer token, or a session cookie from POST /api/login.
 
+Wrong tokens count per client address, whether sent to /api/login or as a bearer token to any
+route: ``http.login_max_failures`` within ``http.login_window_s`` block that address (429).
+
 Cookie-authenticated requests that change state must carry ``X-CSRF-Token``
 equal to the session's token (a cross-site form cannot read it); bearer
 requests are exempt because browsers never attach them on their own.
@@ -75,18 +78,35 @@ class Auth:
     def token_ok(self, token: str) -> bool:
         return hmac.compare_digest(token.encode(), self._token)
 
+    def _window(self, client: str, now: float) -> deque[float]:
+        """The client's recent failures (lock held); RateLimited when there are too many."""
+        if len(self._failures) > MAX_TRACKED_CLIENTS:  # many addresses: forget the quiet ones
+            cutoff = now - self.cfg.login_window_s
+            self._failures = {c: w for c, w in self._failures.items() if w and w[-1] >= cutoff}
+        window = self._failures.setdefault(client, deque())
+        while window and window[0] < now - self.cfg.login_window_s:
+            window.popleft()
+        if len(window) >= self.cfg.login_max_failures:
+            raise RateLimited(client)
+        return window
+
+    def check_bearer(self, client: str, token: str, now: float | None = None) -> bool:
+        """Whether ``token`` is right; a wrong one counts against ``client`` as a failed login does."""
+        now = time.time() if now is None else now
+        with self._lock:
+            window = self._window(client, now)
+            if not self.token_ok(token):
+                window.append(now)
+                return False
+            if not window:
+                self._failures.pop(client, None)
+            return True
+
     def login(self, client: str, token: str, user: str, now: float | None = None) -> tuple[str, Session] | None:
         """A new session id and session, None for a wrong token; RateLimited when blocked."""
         now = time.time() if now is None else now
         with self._lock:
-            if len(self._failures) > MAX_TRACKED_CLIENTS:  # many addresses: forget the quiet ones
-                cutoff = now - self.cfg.login_window_s
-                self._failures = {c: w for c, w in self._failures.items() if w and w[-1] >= cutoff}
-            window = self._failures.setdefault(client, deque())
-            while window and window[0] < now - self.cfg.login_window_s:
-                window.popleft()
-            if len(window) >= self.cfg.login_max_failures:
-                raise RateLimited(client)
+            window = self._window(client, now)
             if not self.token_ok(token):
                 window.append(now)
                 return None
@@ -130,7 +150,13 @@ def require_user(request: Request,
     """FastAPI dependency: the caller's user name, or 401 (403 for a missing CSRF token)."""
     auth: Auth = request.app.state.auth
     if credentials is not None:
-        if credentials.scheme.lower() != "bearer" or not auth.token_ok(credentials.credentials):
+        try:
+            ok = auth.check_bearer(client_address(request), credentials.credentials)
+        except RateLimited:
+            window = str(int(auth.cfg.login_window_s))
+            raise HTTPException(429, "too many failed authentications from this address; wait and retry",
+                                headers={"Retry-After": window}) from None
+        if not ok:
             raise _unauthorized()
         user = request.headers.get(USER_HEADER, "api")
         return user if ID_RE.match(user) else "api"
@@ -142,6 +168,11 @@ def require_user(request: Request,
         if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
             raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header")
     return session.user
+
+
+def client_address(request: Request) -> str:
+    """The peer address failures are counted against (behind a proxy: the proxy's, see README)."""
+    return request.client.host if request.client else "unknown"
 
 
 def csrf_token(request: Request) -> str:

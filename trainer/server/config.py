@@ -59,6 +59,9 @@ class HttpConfig(_Strict):
     session_ttl_s: float = Field(12 * 3600, gt=0, le=30 * 86400)
     cookie_secure: bool = False  # set true behind HTTPS
     metrics_public: bool = False  # /metrics without auth (for a scraper on a private network)
+    # /docs (Swagger UI) loads its script and styles from cdn.jsdelivr.net, so it is off unless wanted;
+    # /openapi.json (behind login) works either way.
+    api_docs: bool = False
 
 
 class StoreConfig(_Strict):
