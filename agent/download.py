@@ -139,6 +139,9 @@ class Download:
                     block = resp.read1(CHUNK)  # what has arrived, not a full chunk
                 except TimeoutError as e:
                     self._check_stop()
+                    if timeout < self.read_timeout_s:  # the wait was cut short by the deadline
+                        raise DownloadError("download_timeout", f"{self.url}: not complete after "
+                                                                f"download_deadline_s {self.deadline_s:g} s") from e
                     raise DownloadError("download_failed", f"{self.url}: no data for "
                                                            f"{self.read_timeout_s:g} s") from e
                 if not block:

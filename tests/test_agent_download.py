@@ -148,3 +148,59 @@ def test_a_rollback_command_does_not_wait_behind_a_download(broker, tmp_path, ke
     finally:
         collector.close()
         server.close()
+
+
+def test_redirects_are_followed_a_few_hops_and_errors_are_typed(tmp_path, model_body):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = model_body.read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            if self.path.startswith("/hop/"):
+                n = int(self.path.rsplit("/", 1)[1])
+                self.send_response(302)
+                self.send_header("Location", f"/hop/{n - 1}" if n > 0 else "/model.onnx")
+                self.end_headers()
+            elif self.path == "/model.onnx":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif self.path == "/silent":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.flush()
+                time.sleep(3)  # headers, then nothing: the stall timeout ends it
+            else:
+                self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def fetch(path: str, **kw) -> tuple[int, str] | str:
+        opts = {"deadline_s": 30, "read_timeout_s": 5, "allow_http": True, **kw}
+        try:
+            return Download(base + path, **opts).save(tmp_path / "x.part", len(body))
+        except DownloadError as e:
+            return e.reason
+
+    try:
+        n, _sha = fetch("/hop/2")  # three redirects: followed
+        assert n == len(body) and (tmp_path / "x.part").read_bytes() == body
+        assert fetch("/hop/3") == "download_failed"  # four: refused
+        assert fetch("/nothing") == "download_failed"
+        assert fetch("/model.onnx", allow_http=False) == "insecure_url"
+        assert fetch("/silent", read_timeout_s=0.5) == "download_failed"
+        assert fetch("/silent", read_timeout_s=5, deadline_s=1.0) == "download_timeout"
+        small = Download(base + "/model.onnx", deadline_s=30, read_timeout_s=5, allow_http=True)
+        with pytest.raises(DownloadError, match="size_mismatch"):
+            small.save(tmp_path / "y.part", len(body) - 1)  # more than the signed size is offered
+    finally:
+        server.shutdown()
+        server.server_close()
