@@ -7,9 +7,9 @@ import logging
 from . import envelope
 from .errors import ProtocolError
 from .fields import Fields
-from .messages import TYPE_BY_KIND, Announcement, Message, Receipt, Sample, Status, Telemetry, Command
-from .topics import (announce_topic, command_topic, parse_topic, receipt_topic, sample_topic, status_topic,
-                     telemetry_topic)
+from .messages import TYPE_BY_KIND, Announcement, Command, ConfigBundle, Message, Receipt, Sample, Status, Telemetry
+from .topics import (announce_topic, command_topic, config_topic, parse_topic, receipt_topic, sample_topic,
+                     status_topic, telemetry_topic)
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,9 @@ def _decode(topic: str, payload: bytes) -> Message:
     return message
 
 
-def topic_for(message: Message, agent_id: str | None = None, model_name: str | None = None) -> str:
-    """The topic a message is published on (receipts and commands need the agent id)."""
+def topic_for(message: Message, agent_id: str | None = None, model_name: str | None = None,
+              group: str | None = None) -> str:
+    """The topic a message is published on (receipts and commands need the agent id, bundles the group)."""
     if isinstance(message, Sample):
         return sample_topic(message.agent_id, message.camera_id)
     if isinstance(message, Status):
@@ -67,6 +68,8 @@ def topic_for(message: Message, agent_id: str | None = None, model_name: str | N
         return command_topic(_need(agent_id, "agent_id"))
     if isinstance(message, Announcement):
         return announce_topic(_need(model_name, "model_name"))
+    if isinstance(message, ConfigBundle):
+        return config_topic(_need(group, "group"))
     raise TypeError(f"not an edgeloop message: {type(message).__name__}")
 
 

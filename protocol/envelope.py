@@ -26,7 +26,8 @@ from .errors import ProtocolError
 from .topics import PROTOCOL_MAJOR
 
 MAGIC = b"EL"
-MINOR = 1  # 1: optional sample.embedding, status.provider, telemetry.provider
+MINOR = 2  # 1: optional sample.embedding, status.provider, telemetry.provider
+# 2: optional status.tags/answered/config_group/config_version; the config kind on groups/{group}/config
 PREFIX = struct.Struct(">2sBBBBI")
 MAX_HEADER = 256 * 1024
 MAX_PAYLOAD = 16 * 1024 * 1024
@@ -38,6 +39,7 @@ KIND_CODES = {
     "telemetry": 4,
     "command": 5,
     "announcement": 6,
+    "config": 7,
 }
 KIND_BY_CODE = {code: kind for kind, code in KIND_CODES.items()}
 

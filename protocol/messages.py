@@ -25,6 +25,9 @@ MAX_IMAGE_SIDE = 16384
 MAX_JPEG = 8 * 1024 * 1024
 EPOCH_MAX = 2.0**33  # seconds since 1970: anything later is a bug, not a date
 HIST_BINS = 10
+MAX_TAGS = 32
+MAX_ANSWERED = 32
+MAX_BUNDLE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,10 @@ class Status:
     cohorts: tuple[str, ...] = ()
     detail: str = ""  # last error or update result, for people
     provider: str = ""  # onnxruntime execution provider the model runs on (after fall-backs): cpu, cuda, ...
+    tags: dict[str, str] = field(default_factory=dict)  # since minor 2: site, camera type... from the config
+    answered: tuple[str, ...] = ()  # since minor 2: ids of the commands this status answers
+    config_group: str = ""  # since minor 2: the group whose configuration bundles it follows ("": none)
+    config_version: int = 0  # since minor 2: the bundle version applied (0: none)
 
     STATES: ClassVar[tuple[str, ...]] = ("online", "offline")
     MODEL_STATES: ClassVar[tuple[str, ...]] = ("none", "ok", "failed", "reverted", "updating")
@@ -169,7 +176,8 @@ class Status:
             "software_version": self.software_version, "model_name": self.model_name,
             "model_version": self.model_version, "model_state": self.model_state,
             "cameras": list(self.cameras), "cohorts": list(self.cohorts), "detail": self.detail,
-            "provider": self.provider,
+            "provider": self.provider, "tags": dict(self.tags), "answered": list(self.answered),
+            "config_group": self.config_group, "config_version": self.config_version,
         }
 
     @classmethod
@@ -183,7 +191,19 @@ class Status:
             cameras=f.text_list("cameras", 64, pattern=ID_RE, default=()),
             cohorts=f.text_list("cohorts", 64, pattern=ID_RE, default=()),
             detail=f.text("detail", 1024, default=""), provider=f.text("provider", 64, default=""),
+            tags=_tags(f), answered=f.text_list("answered", MAX_ANSWERED, pattern=ID_RE, default=()),
+            config_group=f.text("config_group", 64, default=""),
+            config_version=f.integer("config_version", 0, 2**31, 0),
         )
+
+
+def _tags(f: Fields) -> dict[str, str]:
+    out = {}
+    for key, value in f.mapping("tags", MAX_TAGS, {}).items():
+        if not isinstance(key, str) or not ID_RE.match(key) or not isinstance(value, str) or len(value) > 128:
+            raise ProtocolError("bad_field", "status.tags must map ids to strings of at most 128 characters")
+        out[key] = value
+    return out
 
 
 def _histograms(f: Fields) -> dict[str, tuple[int, ...]]:
@@ -303,6 +323,30 @@ class Announcement:
         return cls(manifest=f.blob("manifest", 64 * 1024), signature=f.blob("signature", 64, exact=64), url=url)
 
 
-MESSAGE_TYPES = (Sample, Receipt, Status, Telemetry, Command, Announcement)
+@dataclass(frozen=True)
+class ConfigBundle:
+    """A signed configuration bundle for one agent group (protocol.bundle), retained on the group's topic.
+
+    ``bundle`` is the exact canonical-JSON bytes that were signed; an empty
+    ``signature`` travels (so the agent can say why it refused it) but is
+    never trusted.
+    """
+
+    KIND: ClassVar[str] = "config"
+    bundle: bytes
+    signature: bytes = b""
+
+    def header(self) -> dict:
+        return {"bundle": self.bundle, "signature": self.signature}
+
+    @classmethod
+    def from_header(cls, f: Fields, body: bytes) -> "ConfigBundle":
+        signature = f.blob("signature", 64)
+        if len(signature) not in (0, 64):
+            raise ProtocolError("bad_field", "config.signature must be empty or 64 bytes")
+        return cls(bundle=f.blob("bundle", MAX_BUNDLE), signature=signature)
+
+
+MESSAGE_TYPES = (Sample, Receipt, Status, Telemetry, Command, Announcement, ConfigBundle)
 TYPE_BY_KIND = {cls.KIND: cls for cls in MESSAGE_TYPES}
-Message = Sample | Receipt | Status | Telemetry | Command | Announcement
+Message = Sample | Receipt | Status | Telemetry | Command | Announcement | ConfigBundle

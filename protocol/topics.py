@@ -46,6 +46,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("telemetry", ROOT + "/agents/{agent_id}/telemetry", "agent → server", 0, False),
     TopicSpec("command", ROOT + "/agents/{agent_id}/commands", "server → agent", 1, False),
     TopicSpec("announcement", ROOT + "/models/{model_name}/announce", "server → agents", 1, True),
+    TopicSpec("config", ROOT + "/groups/{group}/config", "server → agents", 1, True),
 )
 SPEC_BY_KIND = {spec.kind: spec for spec in TOPICS}
 
@@ -80,12 +81,17 @@ def announce_topic(model_name: str) -> str:
     return f"{ROOT}/models/{check_id(model_name, 'model_name')}/announce"
 
 
+def config_topic(group: str) -> str:
+    return f"{ROOT}/groups/{check_id(group, 'group')}/config"
+
+
 # Subscription filters used by the server. The shared form lets several
 # collector processes split the sample load (MQTT 5 shared subscriptions).
 SAMPLES_FILTER = ROOT + "/agents/+/samples/+"
 STATUS_FILTER = ROOT + "/agents/+/status"
 TELEMETRY_FILTER = ROOT + "/agents/+/telemetry"
 ANNOUNCE_FILTER = ROOT + "/models/+/announce"
+CONFIG_FILTER = ROOT + "/groups/+/config"
 
 
 def shared(filter_: str, group: str = "collectors") -> str:
@@ -100,12 +106,13 @@ class ParsedTopic:
     agent_id: str | None = None
     camera_id: str | None = None
     model_name: str | None = None
+    group: str | None = None
 
 
 _TOPIC_RE = re.compile(
     r"^edgeloop/v(?P<major>[0-9]{1,3})/(?:"
     r"agents/(?P<agent>[^/]+)/(?:(?P<akind>receipts|status|telemetry|commands)|samples/(?P<camera>[^/]+))"
-    r"|models/(?P<model>[^/]+)/announce)$"
+    r"|models/(?P<model>[^/]+)/announce|groups/(?P<group>[^/]+)/config)$"
 )
 _AKIND = {"receipts": "receipt", "status": "status", "telemetry": "telemetry", "commands": "command"}
 
@@ -120,6 +127,8 @@ def parse_topic(topic: object) -> ParsedTopic:
     major = int(m["major"])
     if major != PROTOCOL_MAJOR:
         raise ProtocolError("unsupported_version", f"topic major v{major}, this side speaks v{PROTOCOL_MAJOR}")
+    if m["group"] is not None:
+        return ParsedTopic("config", major, group=check_id(m["group"], "group"))
     if m["model"] is not None:
         return ParsedTopic("announcement", major, model_name=check_id(m["model"], "model_name"))
     agent = check_id(m["agent"], "agent_id")

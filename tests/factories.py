@@ -8,7 +8,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from protocol import Announcement, Box, Command, Receipt, Sample, Status, Telemetry, HIST_BINS
+from protocol import Announcement, Box, Command, ConfigBundle, Receipt, Sample, Status, Telemetry, HIST_BINS
 
 
 def jpeg(width: int = 64, height: int = 48, seed: int = 0, quality: int = 85) -> bytes:
@@ -44,7 +44,8 @@ def receipt(**changes) -> Receipt:
 def status(**changes) -> Status:
     return replace(Status(agent_id="cam-agent-1", state="online", at=time.time(), software_version="0.1.0",
                           model_name="shapes", model_version=3, model_state="ok", cameras=("gate",),
-                          cohorts=("canary",), detail=""), **changes)
+                          cohorts=("canary",), detail="", tags={"site": "north"}, answered=("cmd-1",),
+                          config_group="canary", config_version=2), **changes)
 
 
 def telemetry(**changes) -> Telemetry:
@@ -64,5 +65,10 @@ def announcement(**changes) -> Announcement:
                                 url="http://127.0.0.1:8080/models/shapes/4"), **changes)
 
 
+def config_bundle(**changes) -> ConfigBundle:
+    return replace(ConfigBundle(bundle=b'{"group":"canary"}', signature=bytes(64)), **changes)
+
+
 ALL = {"sample": sample, "detection_sample": detection_sample, "receipt": receipt, "status": status,
-       "telemetry": telemetry, "command": command, "announcement": announcement}
+       "telemetry": telemetry, "command": command, "announcement": announcement,
+       "config": config_bundle}

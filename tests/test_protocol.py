@@ -15,7 +15,7 @@ from protocol.topics import ROOT, parse_topic, sample_topic, shared
 
 
 def _topic(msg):
-    return topic_for(msg, agent_id="cam-agent-1", model_name="shapes")
+    return topic_for(msg, agent_id="cam-agent-1", model_name="shapes", group="canary")
 
 
 @pytest.mark.parametrize("name", sorted(fx.ALL))

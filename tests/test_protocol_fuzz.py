@@ -15,7 +15,7 @@ from protocol import ProtocolError, decode, encode, topic_for
 from protocol import envelope
 
 MESSAGES = [fx.ALL[name]() for name in sorted(fx.ALL)]
-TOPICS = [topic_for(m, agent_id="cam-agent-1", model_name="shapes") for m in MESSAGES]
+TOPICS = [topic_for(m, agent_id="cam-agent-1", model_name="shapes", group="canary") for m in MESSAGES]
 VALID = [encode(m) for m in MESSAGES]
 
 ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
