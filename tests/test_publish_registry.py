@@ -118,4 +118,5 @@ def test_reopen_keeps_data_and_applies_migrations_once(tmp_path):
         r.close()
     conn = sqlite3.connect(tmp_path / "data" / "registry.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert [row[0] for row in conn.execute("SELECT name FROM _migrations")] == ["0001_initial"]
+    assert [row[0] for row in conn.execute("SELECT name FROM _migrations")] == ["0001_initial",
+                                                                              "0002_rollouts_and_references"]

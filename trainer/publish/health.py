@@ -10,11 +10,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from protocol import Status, Telemetry
 from protocol.manifest import Cohort, bucket
 from protocol.topics import ID_RE
+
+from .stages import RolloutStage, validate_stages
 
 
 class RolloutPolicy(BaseModel):
@@ -33,6 +35,8 @@ class RolloutPolicy(BaseModel):
     no_canaries: Literal["widen", "halt"] = "widen"  # nobody known to protect: widen, or refuse
     discovery_s: float = Field(1.0, ge=0.0, le=600.0)  # listen for retained statuses before picking canaries
     tick_s: float = Field(0.2, gt=0.0, le=60.0)
+    # The configured stages ([[publish.rollout.stages]]); empty: canary (the canary_* keys above) -> fleet.
+    stages: tuple[RolloutStage, ...] = ()
 
     @field_validator("canary_agents", "canary_groups")
     @classmethod
@@ -41,6 +45,23 @@ class RolloutPolicy(BaseModel):
             if not ID_RE.match(x):
                 raise ValueError(f"{x!r} is not an agent/group id")
         return v
+
+    @model_validator(mode="after")
+    def _stages(self) -> "RolloutPolicy":
+        validate_stages(self.stages)
+        return self
+
+    def plan(self) -> tuple[RolloutStage, ...]:
+        """The stages to run: the configured list, or the classic canary -> fleet built from canary_*."""
+        if self.stages:
+            return self.stages
+        return (RolloutStage(name="canary", percent=self.canary_percent, agents=self.canary_agents,
+                             groups=self.canary_groups, min_agents=self.min_canaries, hold_s=self.window_s),
+                RolloutStage(name="fleet", everyone=True, hold_s=0.0))
+
+    def for_stage(self, stage: RolloutStage) -> "RolloutPolicy":
+        """This policy with the stage's hold as the window and its check overrides applied."""
+        return self.model_copy(update={"window_s": stage.hold_s, **stage.checks.overrides()})
 
 
 @dataclass

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                                        ("canary_groups", groups or None), ("window_s", args.window)) if v is not None}
         config = config.model_copy(update={"rollout": config.rollout.model_validate(
             {**config.rollout.model_dump(), **overrides})})
-        svc = PublishingService.open(config, data_dir, client_id="edgeloop-publish-cli")
+        svc = PublishingService.open(config, data_dir, client_id="edgeloop-publish-cli", resume=False)
     except (CliError, KeyError_, ProtocolError, MqttError, ValueError) as e:
         print(f"edgeloop publish: {e}", file=sys.stderr)
         return 2

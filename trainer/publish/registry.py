@@ -12,6 +12,12 @@ fleet (announced to every agent) | halted (canaries failed). A fleet model
 replaced by a rollback becomes rolled_back; ``published`` is a manual
 announcement to a chosen cohort. The current fleet model is the highest
 version in state fleet.
+
+Since migration 0002 it also keeps each staged rollout's progress
+(``rollouts``: the stage plan, the stage reached, its start, pauses, who was
+announced to) so a restarted server resumes watching where it stopped, and
+each model's reference confidence histogram on its test split
+(``model_references``, for ``trainer.drift``).
 """
 
 from __future__ import annotations
@@ -76,6 +82,31 @@ def _initial(db: sqlite_utils.Database) -> None:
         id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL, kind TEXT NOT NULL,
         detail TEXT NOT NULL DEFAULT '{}', at REAL NOT NULL)""")
     db.execute("CREATE INDEX events_model ON events (name, version, id)")
+
+
+ROLLOUT_STATES = ("running", "paused", "done", "halted", "aborted", "superseded")
+ROLLOUT_ACTIVE = ("running", "paused")
+
+
+@migrations(name="0002_rollouts_and_references")
+def _rollouts(db: sqlite_utils.Database) -> None:
+    states = ", ".join(f"'{s}'" for s in ROLLOUT_STATES)
+    db.execute(f"""CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL,
+        previous_version INTEGER NOT NULL DEFAULT 0, plan TEXT NOT NULL, stage INTEGER NOT NULL DEFAULT 0,
+        stage_started REAL, paused_at REAL, paused_s REAL NOT NULL DEFAULT 0,
+        carried TEXT NOT NULL DEFAULT '[]', members TEXT NOT NULL DEFAULT '{{}}',
+        state TEXT NOT NULL CHECK (state IN ({states})), reasons TEXT NOT NULL DEFAULT '[]',
+        started REAL NOT NULL, updated REAL NOT NULL)""")
+    db.execute("CREATE INDEX rollouts_model ON rollouts (name, id)")
+    db.execute("""CREATE TABLE model_references (
+        name TEXT NOT NULL, version INTEGER NOT NULL, hist TEXT NOT NULL, examples INTEGER NOT NULL,
+        at REAL NOT NULL, PRIMARY KEY (name, version))""")
+
+
+_ROLLOUT_COLUMNS = ("id", "name", "version", "previous_version", "plan", "stage", "stage_started", "paused_at",
+                    "paused_s", "carried", "members", "state", "reasons", "started", "updated")
+_ROLLOUT_JSON = ("plan", "carried", "members", "reasons")
 
 
 @dataclass(frozen=True)
@@ -262,6 +293,68 @@ class Registry:
 
     def record_event(self, name: str, version: int, kind: str, detail: dict) -> None:
         self.db.write(lambda db: _event(db, name, version, kind, detail, time.time()))
+
+    # -- staged rollouts (trainer.publish.rollout) -----------------------------
+    def start_rollout(self, name: str, version: int, previous_version: int, plan: list[dict]) -> int:
+        """A new running rollout; any other active one of the same model is superseded."""
+        def fn(db: sqlite_utils.Database) -> int:
+            now = time.time()
+            db.execute("UPDATE rollouts SET state = 'superseded', updated = ? WHERE name = ? AND state IN"
+                       " ('running', 'paused')", [now, name])
+            cur = db.execute("INSERT INTO rollouts (name, version, previous_version, plan, state, started, updated)"
+                             " VALUES (?, ?, ?, ?, 'running', ?, ?)",
+                             [name, version, previous_version, json.dumps(plan), now, now])
+            return cur.lastrowid
+        return self.db.write(fn)
+
+    def update_rollout(self, rollout_id: int, **fields: object) -> None:
+        bad = set(fields) - set(_ROLLOUT_COLUMNS[5:13])
+        if bad:
+            raise RegistryError(f"not rollout fields: {sorted(bad)}")
+        if "state" in fields and fields["state"] not in ROLLOUT_STATES:
+            raise RegistryError(f"rollout state must be one of {ROLLOUT_STATES}, got {fields['state']!r}")
+        values = [json.dumps(v) if k in _ROLLOUT_JSON else v for k, v in fields.items()]
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.db.write(lambda db: db.execute(f"UPDATE rollouts SET {sets}, updated = ? WHERE id = ?",
+                                            values + [time.time(), rollout_id]))
+
+    def end_active_rollouts(self, name: str, state: str = "superseded") -> None:
+        self.db.write(lambda db: db.execute("UPDATE rollouts SET state = ?, updated = ? WHERE name = ? AND state"
+                                            " IN ('running', 'paused')", [state, time.time(), name]))
+
+    def rollouts(self, name: str | None = None, *, active: bool = False, limit: int = 20) -> list[dict]:
+        """Rollouts, newest first (``active``: only running or paused ones)."""
+        where, args = [], []
+        if name is not None:
+            where.append("name = ?")
+            args.append(name)
+        if active:
+            where.append("state IN ('running', 'paused')")
+        sql = (f"SELECT {', '.join(_ROLLOUT_COLUMNS)} FROM rollouts" + (" WHERE " + " AND ".join(where) if where
+                                                                        else "") + " ORDER BY id DESC LIMIT ?")
+        rows = self.db.read().execute(sql, args + [limit]).fetchall()
+        return [{k: json.loads(v) if k in _ROLLOUT_JSON else v for k, v in zip(_ROLLOUT_COLUMNS, r)} for r in rows]
+
+    # -- drift references (trainer.drift) -------------------------------------
+    def set_reference(self, name: str, version: int, hist: dict[str, list[int]], examples: int) -> None:
+        """The model's per-class confidence histogram on its test split (label -> counts)."""
+        self.get(name, version)
+        self.db.write(lambda db: db.execute(
+            "INSERT OR REPLACE INTO model_references (name, version, hist, examples, at) VALUES (?, ?, ?, ?, ?)",
+            [name, version, json.dumps({k: list(v) for k, v in hist.items()}), examples, time.time()]))
+
+    def reference(self, name: str, version: int) -> dict | None:
+        """{hist, examples, version} of a model, or of the version a rollback re-announced; None if unknown."""
+        try:
+            record = self.get(name, version)
+        except ModelNotFound:
+            return None
+        for v in (version, record.source_version):
+            row = self.db.read().execute("SELECT hist, examples FROM model_references WHERE name = ? AND"
+                                         " version = ?", [name, v]).fetchone()
+            if row is not None:
+                return {"hist": json.loads(row[0]), "examples": row[1], "version": v}
+        return None
 
     @staticmethod
     def _max_version(db: sqlite_utils.Database, name: str) -> int:

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config, data_dir = load(args)
-        svc = PublishingService.open(config, data_dir, client_id="edgeloop-rollback-cli")
+        svc = PublishingService.open(config, data_dir, client_id="edgeloop-rollback-cli", resume=False)
     except (CliError, KeyError_, ProtocolError, MqttError, ValueError) as e:
         print(f"edgeloop rollback: {e}", file=sys.stderr)
         return 2

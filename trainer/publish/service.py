@@ -57,7 +57,7 @@ class PublishingService:
 
     @classmethod
     def open(cls, config: PublishingConfig, data_dir: str | Path | None = None, registry: Registry | None = None,
-             client_id: str = "edgeloop-publisher") -> "PublishingService":
+             client_id: str = "edgeloop-publisher", resume: bool = True) -> "PublishingService":
         """Load the key, connect to the broker, subscribe to fleet health. Raises on a bad key or no broker."""
         key = load_signing_key(config.signing_key)
         owns = registry is None
@@ -78,7 +78,10 @@ class PublishingService:
             raise
         publisher = Publisher(registry, key, link, PublishConfig(base_url=config.base_url, expiry_s=config.expiry_s))
         controller = RolloutController(registry, publisher, watch, config.rollout)
-        return cls(config, registry, link, watch, publisher, controller, owns)
+        svc = cls(config, registry, link, watch, publisher, controller, owns)
+        if resume:
+            controller.resume_active()  # rollouts a stopped server left running or paused keep going
+        return svc
 
     def close(self) -> None:
         self.controller.close()
