@@ -19,7 +19,7 @@ DEMO_AUGMENT = {"rotate_degrees": 0, "perspective": 0, "erase": 0, "noise": 0, "
 
 def train_config(cfg: DemoConfig) -> dict:
     """Small and quick on a CPU: the demo is about the loop, not the architecture."""
-    return {"task": "classification", "model": "small_cnn", "input_size": 64, "epochs": cfg.epochs,
+    return {"task": "classification", "model": "small_cnn", "input_size": 64, "epochs": cfg.epochs or 40,
             "batch_size": 16, "patience": 15, "overfit_epochs": 8, "balance": "loss", "seed": cfg.seed,
             "num_workers": 0, "augment": DEMO_AUGMENT}
 

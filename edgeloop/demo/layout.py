@@ -42,8 +42,11 @@ class DemoConfig:
     batch_size: int = 30
     camera_fps: float = 15.0
     seed: int = 0
-    initial_examples: int = 150
-    epochs: int = 40
+    initial_examples: int | None = None  # the first model's data: None = the task's default (150 / 40 frames)
+    epochs: int | None = None  # per round: None = the task's default (40 / 25)
+    task: str = "classification"  # or "detection" (edgeloop.demo.detection)
+    teacher: Path | None = None  # detection: the server's assist model (default: ../shared's YOLOX-Nano)
+    teacher_card: Path | None = None  # its card file (None: embedded, a sidecar, or the shipped YOLOX card)
 
 
 @dataclass(frozen=True)

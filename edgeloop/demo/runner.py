@@ -9,53 +9,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-
 from edgeloop.broker import LocalBroker, free_port
 from protocol.files import atomic_write_text
 
-from .configs import agent_config_text, server_config
+from .classification import ClassificationTask, DemoError
 from .fleet import AgentProcesses
-from .layout import CAMERA_H, CAMERA_W, LABELS, MAX_SHAPES, MODEL_NAME, DemoConfig, Layout, agent_id, ensure_keys, ensure_token
-from .oracle import Oracle
+from .layout import DemoConfig, Layout, agent_id, ensure_keys, ensure_token
 
 log = logging.getLogger(__name__)
+__all__ = ["Demo", "DemoError", "write_json"]
 
 
-class DemoError(RuntimeError):
-    pass
+def make_task(cfg: DemoConfig, layout: Layout):
+    if cfg.task == "detection":
+        from .detection import DetectionTask
 
-
-def initial_examples(n: int, seed: int) -> list:
-    """Frames of a drift-0 synthetic camera with their true labels: the first model's data."""
-    from agent.synthetic import SyntheticCamera
-    from trainer.store import new_example
-
-    camera = SyntheticCamera(seed * 7919 + 17, CAMERA_W, CAMERA_H, 0.0, hold=1, max_shapes=MAX_SHAPES)
-    out = []
-    for i in range(n):
-        frame = camera.frame(i)
-        ok, buf = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        if not ok:
-            raise DemoError("could not encode a synthetic frame")
-        out.append(new_example(buf.tobytes(), label=frame.label, source="synthetic", origin=f"demo-seed:{seed}:{i}",
-                               labeled_by="synthetic"))
-    return out
-
-
-def stream_accuracy(model_path: str, seed: int, n: int = 150) -> float:
-    """Top-1 accuracy of a model on frames of the fully drifted stream, run as an agent runs it."""
-    from agent.model import ModelRunner
-    from agent.synthetic import SyntheticCamera
-
-    runner = ModelRunner.load(Path(model_path), ["cpu"])
-    camera = SyntheticCamera(seed * 104729 + 5, CAMERA_W, CAMERA_H, 1.0, hold=1, max_shapes=MAX_SHAPES)
-    right = 0
-    for i in range(1, n + 1):  # frame 0 is undrifted
-        frame = camera.frame(i)
-        pred = runner.infer(frame.image)
-        right += pred.labels[int(pred.scores.argmax())] == frame.label
-    return right / n
+        return DetectionTask(cfg, layout)
+    return ClassificationTask(cfg, layout)
 
 
 @dataclass
@@ -63,13 +33,16 @@ class Demo:
     cfg: DemoConfig
     layout: Layout = field(init=False)
     stop: threading.Event = field(default_factory=threading.Event)
+    task: object = None  # ClassificationTask / DetectionTask; None: the one cfg.task names
 
     def __post_init__(self) -> None:
         self.layout = Layout(self.cfg.data.resolve())
+        self.task = self.task or make_task(self.cfg, self.layout)
+        self.model_name = self.task.model_name
         self.broker: LocalBroker | None = None
         self.server = None
         self.agents = AgentProcesses()
-        self.oracle: Oracle | None = None
+        self.oracle = None  # the task's labeller (an oracle, or the teacher's pre-labels accepted)
 
     # -- up ---------------------------------------------------------------------
     def up(self) -> None:
@@ -78,28 +51,25 @@ class Demo:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per oracle request otherwise
 
         cfg, layout = self.cfg, self.layout
+        self.task.check()
         layout.make()
         ensure_keys(layout)
         token = ensure_token(layout)
         self.broker = LocalBroker(layout.broker, port=cfg.broker_port or None).start()
         print(f"broker: {self.broker.kind} on {self.broker.host}:{self.broker.port}", flush=True)
         http_port = cfg.http_port or free_port()
-        self.server = EmbeddedServer(server_config(cfg, layout, self.broker.port, http_port), token).start()
+        self.server = EmbeddedServer(self.task.server_config(self.broker.port, http_port), token).start()
         self.token = token
         self.ensure_initial_model()
-        model_path = Path(self.registry.current(MODEL_NAME).file_path)
+        model_path = Path(self.registry.current(self.model_name).file_path)
         for i in range(cfg.agents):
             d = layout.agent_dir(i)
             d.mkdir(parents=True, exist_ok=True)
             conf = d / "config.toml"
-            conf.write_text(agent_config_text(cfg, layout, i, self.broker.port, model_path))
+            conf.write_text(self.task.agent_config(i, self.broker.port, model_path))
             self.agents.start(agent_id(i), conf, d / "agent.log")
         if cfg.auto_label or cfg.headless:
-            if cfg.source:
-                print("--source: the oracle cannot know the true labels of a real camera; label in the browser",
-                      flush=True)
-            else:
-                self.oracle = Oracle(self.server.url, token, cfg.seed).start()
+            self.oracle = self.task.start_labeller(self.server.url, token)
         print(f"review UI: {self.server.url}login#token={token}\n  (or open {self.server.url}login and paste the "
               f"token {token})", flush=True)
 
@@ -112,22 +82,25 @@ class Demo:
         return self.service.registry
 
     def ensure_initial_model(self) -> None:
-        """Train, gate and publish the first model from a few dozen synthetic frames, once per data folder."""
-        if self.registry.current(MODEL_NAME) is not None:
-            print(f"resuming: fleet model {MODEL_NAME} v{self.registry.current(MODEL_NAME).version}", flush=True)
+        """Train, gate and publish the first model from the task's first labelled data, once per data folder."""
+        name = self.model_name
+        if self.registry.current(name) is not None:
+            print(f"resuming: fleet model {name} v{self.registry.current(name).version}", flush=True)
             return
-        store = self.service.store
-        added = store.add_examples(initial_examples(self.cfg.initial_examples, self.cfg.seed),
-                                   task="classification", labels=LABELS)
-        print(f"initial dataset: {added} synthetic examples; training the first model...", flush=True)
+        what = self.task.seed_dataset(self)
+        print(f"initial dataset: {what}; training the first model...", flush=True)
         rounds = self.service.rounds
         rounds.start_round("initial model")
-        rounds.wait()
+        while not rounds.wait(1.0):  # Ctrl-C during the first training stops the demo, not only later
+            if self.stop.is_set():
+                rounds.cancel()
+                rounds.wait(60)
+                raise DemoError("stopped while training the first model")
         report = rounds.last
         if report is None or report.state != "done" or not report.rollout_started:
             raise DemoError(f"the initial round did not produce a published model: {report}")
         rounds.rollouts[-1].result(timeout=120)
-        record = self.registry.current(MODEL_NAME)
+        record = self.registry.current(name)
         if record is None:
             raise DemoError("the initial model was trained but is not the fleet model")
         print(f"initial model v{record.version}: {_metric(record)[0]} {_metric(record)[1]:.3f} on its test split",
@@ -153,7 +126,8 @@ class Demo:
         deadline = time.monotonic() + timeout
         while not self.stop.is_set():
             on = sum(1 for a in self.service.store.fleet()
-                     if a["agent_id"].startswith("demo-agent-") and (a.get("model_version") or 0) >= version)
+                     if a["agent_id"].startswith("demo-agent-") and a.get("model_name") == self.model_name
+                     and (a.get("model_version") or 0) >= version)
             if on >= self.cfg.agents or time.monotonic() > deadline:
                 return on
             self.stop.wait(0.5)
@@ -169,15 +143,14 @@ class Demo:
                  "gate": report.gate.to_dict() if report.gate else None, "error": report.error}
         if report.state != "done" or report.version is None:
             return entry
-        record = self.registry.get(MODEL_NAME, report.version)
+        record = self.registry.get(self.model_name, report.version)
         entry["metric_name"], entry["metric"] = _metric(record)
-        entry["labels"] = len(self.registry.examples_of(MODEL_NAME, report.version))
+        entry["labels"] = len(self.registry.examples_of(self.model_name, report.version))
         if report.rollout_started:
             self.rounds_rollout_done(report)
             entry["agents_updated"] = self.wait_agents_on(report.version)
             entry["loop_seconds"] = round(time.time() - self.round_started(report.round_id), 1)
-        if not self.cfg.source:
-            entry["stream_accuracy"] = round(stream_accuracy(record.file_path, self.cfg.seed), 3)
+        entry.update(self.task.stream_figures(record.file_path))
         return entry
 
     def rounds_rollout_done(self, report, timeout: float = 180.0) -> None:
@@ -189,12 +162,11 @@ class Demo:
                 log.warning("rollout of v%s: %s", report.version, e)
 
     def run_headless(self) -> dict:
-        current = self.registry.current(MODEL_NAME)
-        summary = {"model": MODEL_NAME, "initial": {
+        current = self.registry.current(self.model_name)
+        summary = {"model": self.model_name, "task": self.task.task, "initial": {
             "model_version": current.version, "metric_name": _metric(current)[0], "metric": _metric(current)[1],
-            **({} if self.cfg.source else {"stream_accuracy": round(stream_accuracy(current.file_path,
-                                                                                     self.cfg.seed), 3)})},
-            "rounds": []}
+            "labels": len(self.registry.examples_of(self.model_name, current.version)),
+            **self.task.stream_figures(current.file_path)}, "rounds": []}
         print(f"headless: {self.cfg.rounds} round(s) of {self.cfg.batch_size} labels each", flush=True)
         after = self.service.rounds.last.round_id if self.service.rounds.last else 0
         while len(summary["rounds"]) < self.cfg.rounds and not self.stop.is_set():
@@ -207,6 +179,7 @@ class Demo:
             print("round " + json.dumps(entry), flush=True)
         if self.oracle:
             summary["oracle"] = {"labelled": self.oracle.labelled, "corrected": self.oracle.corrected}
+        summary.update(self.task.final_figures(self, summary))
         return summary
 
     def run_interactive(self) -> None:
