@@ -85,3 +85,30 @@ def test_detection_replay_with_a_diverse_batch(tmp_path: Path):
     assert rc == 0
     (curve,) = json.loads((tmp_path / "out" / "replay.json").read_text())["curves"]["diverse"]
     assert curve[1]["labels"] == curve[0]["labels"] + 8
+
+
+def _curve(*points: tuple[int, float]) -> list[dict]:
+    return [{"labels": n, "metric": m} for n, m in points]
+
+
+def test_comparison_labels_to_reach_paired_by_seed_and_drops():
+    from trainer.replay import report
+
+    rand = [_curve((10, 0.5), (20, 0.6), (30, 0.7)), _curve((10, 0.5), (20, 0.6), (30, 0.8))]
+    good = [_curve((10, 0.5), (20, 0.9), (30, 0.85)), _curve((10, 0.5), (20, 0.7), (30, 0.9))]
+    margin = [_curve((10, 0.5), (20, 0.9), (30, 0.95)), _curve((10, 0.5), (20, 0.9), (30, 0.95))]
+    assert report.labels_to_reach(rand[0], 0.65) == pytest.approx(25.0)
+    assert report.labels_to_reach(rand[0], 0.99) is None
+    comp = report.compare({"good": good, "margin": margin, "random": rand}, "random", "margin", (0.6,))
+    assert comp["baseline_final"] == pytest.approx(0.75)
+    row = comp["strategies"]["good"]
+    assert row["reach_baseline_final"] == pytest.approx(10 + 10 * 0.25 / 0.3)  # mean curve 0.5 -> 0.8
+    assert row["label_ratio"] == pytest.approx(row["reach_baseline_final"] / 30, abs=1e-4)
+    assert row["paired_reach_baseline_final"] == [pytest.approx(10 + 10 * 0.2 / 0.4), pytest.approx(20 + 10 * 0.1 / 0.2)]
+    assert row["paired_area_vs_baseline"]["wins"] == 2
+    assert row["drop"] == {"any_seed": pytest.approx(0.05), "mean_curve": 0.0}
+    assert row["below_reference_by_more_than_std"] == [20, 30]  # margin's std is 0 there
+    assert comp["strategies"]["random"]["label_ratio"] == 1.0
+    table = report.markdown({"curves": {"good": good, "random": rand}, "comparison": comp})
+    assert table.splitlines()[0].startswith("| strategy | 10 | 20 | 30 | area")
+    assert "| good | 0.500 ± 0.000 | 0.800 ± 0.100 |" in table

@@ -4,7 +4,8 @@ Example::
 
     edgeloop replay --dataset digits --strategy margin,entropy,random --seeds 3 --out runs/replay
 
-writes ``runs/replay/replay.json`` and ``runs/replay/replay.png``.
+writes ``runs/replay/replay.json``, ``runs/replay/replay.png`` and
+``runs/replay/replay.md`` (the comparison table).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from trainer.train.errors import TrainingError
 
 log = logging.getLogger(__name__)
 DEFAULT_EPOCHS = 10  # per round: replay runs dozens of rounds, each from the previous model
+# Metric levels whose label cost the comparison reports.
+TARGETS = {"accuracy": (0.9, 0.95, 0.98), "map_50": (0.3, 0.4, 0.5), "map": (0.1, 0.2, 0.3)}
 
 
 def _positive(text: str) -> int:
@@ -124,6 +127,9 @@ def execute(args: argparse.Namespace) -> dict:
     result = {"metric_name": result.pop("metric_name"), "curves": result.pop("curves"),
               "dataset": args.dataset, **result}
     result["summary"] = report.summarize(result["curves"])
+    reference = "margin" if task == "classification" else "threshold_band"
+    targets = TARGETS[result["metric_name"]]
+    result["comparison"] = report.compare(result["curves"], "random", reference, targets)
     result["settings"] = {"batch": settings.batch, "seed_per_class": settings.seed_per_class,
                           "rounds": settings.rounds, "budget": settings.budget, "seeds": settings.seeds,
                           "test_fraction": settings.test_fraction, "model": config.model,
@@ -132,6 +138,7 @@ def execute(args: argparse.Namespace) -> dict:
     result["timing"]["total_seconds"] = round(time.perf_counter() - t0, 2)
     report.write_json(args.out / "replay.json", result)
     report.plot(result, args.out / "replay.png")
+    (args.out / "replay.md").write_text(report.markdown(result))
     return result
 
 
@@ -151,6 +158,12 @@ def run(args: argparse.Namespace) -> int:
     for name, s in result["summary"].items():
         print(f"{name:>16}: area {s['auc_mean']:.4f} ± {s['auc_std']:.4f}, final {result['metric_name']} "
               f"{s['final_mean']:.4f} ± {s['final_std']:.4f} at {s['final_labels']} labels ({s['seeds']} seeds)")
+    comp = result["comparison"]
+    if comp["baseline_final"] is not None:
+        for name, row in comp["strategies"].items():
+            print(f"{name:>16}: reaches random's final {result['metric_name']} {comp['baseline_final']:.4f} at "
+                  f"{report.fmt_labels(row['reach_baseline_final'])} labels"
+                  + (f" ({row['label_ratio']:.2f}x random's)" if row["label_ratio"] is not None else ""))
     print(json.dumps({"json": str(args.out / "replay.json"), "png": str(args.out / "replay.png"),
                       "seconds": result["timing"]["total_seconds"]}))
     return 0

@@ -2,8 +2,13 @@
 
 The JSON is ``{"metric_name": ..., "curves": {STRATEGY: [[{"labels": n,
 "metric": m}, ...] one list per seed]}}`` plus a few descriptive keys
-(``dataset``, ``task``, ``settings``, ``summary``, ``seconds``) that readers
-of the schema may ignore.
+(``dataset``, ``task``, ``settings``, ``summary``, ``comparison``,
+``seconds``) that readers of the schema may ignore. ``comparison`` is the
+honest reading of the curves: labels each strategy needs to reach given
+accuracies, the same compared with the baseline paired by seed, the worst
+drop from one round to the next, and rounds where a strategy falls more than
+one standard deviation below the reference (margin). ``markdown`` renders it
+as the tables in docs/replay.md.
 """
 
 from __future__ import annotations
@@ -47,6 +52,92 @@ def summarize(curves: dict[str, list[Curve]]) -> dict[str, dict]:
                      "final_mean": float(np.mean(finals)), "final_std": float(np.std(finals)),
                      "final_labels": runs[0][-1]["labels"] if runs and runs[0] else 0, "seeds": len(runs)}
     return out
+
+
+def labels_to_reach(curve: Curve, target: float) -> float | None:
+    """Labels at which ``curve`` first reaches ``target``, linearly interpolated between rounds; None if never."""
+    prev = None
+    for p in curve:
+        if p["metric"] >= target:
+            if prev is None or p["metric"] == prev["metric"]:
+                return float(p["labels"])
+            t = (target - prev["metric"]) / (p["metric"] - prev["metric"])
+            return float(prev["labels"] + t * (p["labels"] - prev["labels"]))
+        prev = p
+    return None
+
+
+def _mean_points(runs: list[Curve]) -> Curve:
+    x, mean, _ = mean_curve(runs)
+    return [{"labels": int(a), "metric": float(b)} for a, b in zip(x, mean)]
+
+
+def worst_drop(runs: list[Curve]) -> dict:
+    """The largest fall from one round to the next: on any single seed, and on the mean curve."""
+    single = max((r[i - 1]["metric"] - r[i]["metric"] for r in runs for i in range(1, len(r))), default=0.0)
+    mean = _mean_points(runs)
+    on_mean = max((mean[i - 1]["metric"] - mean[i]["metric"] for i in range(1, len(mean))), default=0.0)
+    return {"any_seed": round(max(single, 0.0), 6), "mean_curve": round(max(on_mean, 0.0), 6)}
+
+
+def compare(curves: dict[str, list[Curve]], baseline: str = "random", reference: str = "margin",
+            targets: tuple[float, ...] = ()) -> dict:
+    """Per strategy: labels to reach each target (mean curve) and the baseline's final mean; paired by seed,
+    labels to reach the baseline's own final metric on the same seed; worst drops; rounds below the reference.
+
+    ``label_ratio`` is labels to reach the baseline's final mean ÷ the labels the baseline used: 0.6 means
+    the strategy got there with 60 % of the labels.
+    """
+    out: dict = {"baseline": baseline, "reference": reference, "strategies": {}}
+    base = curves.get(baseline)
+    goal = float(mean_curve(base)[1][-1]) if base else None
+    base_labels = base[0][-1]["labels"] if base else None
+    out["baseline_final"] = goal
+    ref = mean_curve(curves[reference]) if reference in curves else None
+    for name, runs in curves.items():
+        mean = _mean_points(runs)
+        row: dict = {"reach": {f"{t:g}": labels_to_reach(mean, t) for t in targets}, "drop": worst_drop(runs)}
+        if goal is not None:
+            need = labels_to_reach(mean, goal)
+            row["reach_baseline_final"] = need
+            row["label_ratio"] = round(need / base_labels, 4) if need is not None else None
+            paired = [labels_to_reach(r, b[-1]["metric"]) for r, b in zip(runs, base)]
+            row["paired_reach_baseline_final"] = paired
+            diffs = [area_under_curve(r) - area_under_curve(b) for r, b in zip(runs, base)]
+            row["paired_area_vs_baseline"] = {"mean": round(float(np.mean(diffs)), 6),
+                                              "std": round(float(np.std(diffs)), 6),
+                                              "wins": sum(d > 0 for d in diffs), "seeds": len(diffs)}
+        if ref is not None:
+            _, m, _ = mean_curve(runs)
+            n = min(len(m), len(ref[1]))
+            row["below_reference_by_more_than_std"] = [int(ref[0][i]) for i in range(n)
+                                                       if m[i] < ref[1][i] - ref[2][i] - 1e-9]
+        out["strategies"][name] = row
+    return out
+
+
+def fmt_labels(v: float | None) -> str:
+    return "never" if v is None else f"{v:.0f}"
+
+
+def markdown(result: dict) -> str:
+    """The curves table (mean ± std per round, area, labels to reach the baseline's final) for docs/replay.md."""
+    curves, comp = result["curves"], result.get("comparison", {})
+    names = list(curves)
+    x = mean_curve(curves[names[0]])[0]
+    head = "| strategy | " + " | ".join(f"{int(v)}" for v in x) + " | area | labels to baseline's final | worst drop |"
+    lines = [head, "|" + "---|" * (len(x) + 4)]
+    for name in names:
+        _, m, sd = mean_curve(curves[name])
+        s = result.get("summary", {}).get(name) or summarize({name: curves[name]})[name]
+        row = comp.get("strategies", {}).get(name, {})
+        ratio = row.get("label_ratio")
+        reach = fmt_labels(row.get("reach_baseline_final")) + (f" ({ratio:.2f}×)" if ratio is not None else "")
+        drop = row.get("drop", worst_drop(curves[name]))
+        cells = [f"{a:.3f} ± {b:.3f}" for a, b in zip(m, sd)]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['auc_mean']:.3f} ± {s['auc_std']:.3f} | {reach} | "
+                     f"{drop['mean_curve']:.3f} (seed {drop['any_seed']:.3f}) |")
+    return "\n".join(lines) + "\n"
 
 
 def write_json(path: Path, result: dict) -> None:
