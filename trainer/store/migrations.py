@@ -163,5 +163,42 @@ def _pending_labels(db: sqlite_utils.Database) -> None:
         last_seen REAL NOT NULL)""")
 
 
+@migrations(name="0006_fleet_commands_and_bundles")
+def _fleet_commands_and_bundles(db: sqlite_utils.Database) -> None:
+    # Commands the server sent to agents and how each ended (trainer/fleet/records.py): "sent" until the
+    # agent's Status names it in ``answered`` (then "answered", with that Status as JSON), "timed_out" at
+    # its deadline, "failed" when the broker did not take it. ``batch`` groups the commands of one
+    # group-wide request.
+    db.execute("""CREATE TABLE fleet_commands (
+        id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        batch TEXT,
+        target_group TEXT,
+        action TEXT NOT NULL,
+        args TEXT NOT NULL DEFAULT '{}',
+        issued_by TEXT NOT NULL,
+        issued_at REAL NOT NULL,
+        deadline REAL NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('sent', 'answered', 'timed_out', 'failed')),
+        answered_at REAL,
+        answer TEXT,
+        detail TEXT NOT NULL DEFAULT '')""")
+    db.execute("CREATE INDEX fleet_commands_agent ON fleet_commands (agent_id, issued_at)")
+    db.execute("CREATE INDEX fleet_commands_batch ON fleet_commands (batch)")
+    # Signed configuration bundles per agent group (protocol/bundle.py), every version kept for rollback.
+    # ``published_at`` is NULL while the broker has not taken it; such a row is removed if it never does.
+    db.execute("""CREATE TABLE config_bundles (
+        grp TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        settings TEXT NOT NULL,
+        bundle BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        parent_version INTEGER NOT NULL DEFAULT 0,
+        published_at REAL,
+        PRIMARY KEY (grp, version))""")
+
 def migrate(db: sqlite_utils.Database) -> None:
     migrations.apply(db)
