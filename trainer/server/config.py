@@ -46,6 +46,8 @@ class MqttConfig(_Strict):
     batch_max: int = Field(200, ge=1, le=1024)
     batch_ms: float = Field(50.0, ge=1.0, le=5000.0)
     receipt_qos: int = Field(1, ge=0, le=2)
+    # Payload bytes received but not yet committed; past it the network thread waits (TCP backpressure).
+    max_inflight_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024, le=16 * 1024**3)
 
 
 class HttpConfig(_Strict):

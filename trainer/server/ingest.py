@@ -5,6 +5,10 @@ receipts published -> PUBACKs sent. The broker keeps every message we have
 not acknowledged (persistent session, fixed client id), so a collector
 killed at any point gets them again on reconnect; frame_id dedup makes the
 second copy harmless.
+
+Threads: paho's network thread (``_on_message``) queues what arrives, and waits while
+``mqtt.max_inflight_bytes`` of payload are held (``ByteBudget``); the batching thread decodes and
+submits; the finishing thread waits for the commit, frees the bytes, sends receipts and acks.
 """
 
 from __future__ import annotations
@@ -32,6 +36,40 @@ log = logging.getLogger(__name__)
 RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 PIPELINE_DEPTH = 2  # batches committing while the next is decoded
 UNSUPPORTED_PROTOCOL_VERSION = 0x84  # MQTT 5 CONNACK reason code
+
+
+class ByteBudget:
+    """Payload bytes the collector holds between receipt and commit, bounded.
+
+    ``take`` runs on paho's network thread and waits while the budget is spent, so the socket is not
+    read and TCP plus the broker hold the rest; ``give`` runs on the finishing thread once a batch is
+    committed (it never needs the network thread, so the wait cannot deadlock). A single message
+    larger than the whole budget is let in when nothing else is held.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self.waits = 0
+        self.waiting = False
+        self._cond = threading.Condition()
+
+    def take(self, n: int, stop: threading.Event) -> None:
+        with self._cond:
+            if self.held and self.held + n > self.limit:
+                self.waits += 1
+            while self.held and self.held + n > self.limit and not stop.is_set():
+                self.waiting = True
+                self._cond.wait(0.5)  # wakes for stop too; keepalive pings wait meanwhile (commits are short)
+            self.waiting = False
+            self.held += n
+            self.peak = max(self.peak, self.held)
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self.held -= n
+            self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -94,7 +132,8 @@ class Collector:
         self.store = store
         self.cfg = config
         self.metrics = metrics
-        self._inbox: queue.Queue[Raw] = queue.Queue()
+        self._inbox: queue.Queue[Raw] = queue.Queue()  # bounded in bytes by ``budget``
+        self.budget = ByteBudget(config.max_inflight_bytes)
         self._stop = threading.Event()
         self._committing: queue.Queue = queue.Queue(maxsize=PIPELINE_DEPTH)
         self._thread: threading.Thread | None = None
@@ -169,7 +208,16 @@ class Collector:
             log.warning("collector disconnected (%s); paho reconnects", rc)
 
     def _on_message(self, client, userdata, msg) -> None:
+        waits = self.budget.waits
+        self.budget.take(len(msg.payload), self._stop)
+        if self.budget.waits != waits:
+            self.metrics.inc("ingest_backpressure_waits")
+        self.metrics.gauge("ingest_inflight_bytes", self.budget.held)
         self._inbox.put(Raw(msg.topic, msg.payload, msg.mid, msg.qos))
+
+    def _release(self, raws: list[Raw]) -> None:
+        self.budget.give(sum(len(r.payload) for r in raws))
+        self.metrics.gauge("ingest_inflight_bytes", self.budget.held)
 
     # -- batching thread: gather, decode, hash, queue the commit ------------
     def _run(self) -> None:
@@ -197,6 +245,7 @@ class Collector:
             except Exception:  # a bug must not end ingest; unacknowledged, the batch comes back on reconnect
                 self.metrics.inc("ingest_errors")
                 log.exception("ingest batch of %d messages failed; not acknowledged", len(batch))
+                self._release(batch)
                 continue
             # The next batch is decoded while this one commits; the bounded queue is the backpressure.
             self._committing.put((b, prepared, futures))
@@ -210,6 +259,7 @@ class Collector:
                 return
             b, prepared, futures = item
             result = self._wait(b, prepared, futures)
+            self._release(b.acks)  # committed (or given up on while stopping): the bytes are the store's now
             if result is None:
                 continue  # stopping: nothing acked, so the broker redelivers to the next collector
             try:

@@ -49,6 +49,8 @@ HELP = {
     "edgeloop_queue_depth": "samples waiting for review",
     "edgeloop_examples_total": "examples in the database",
     "edgeloop_mqtt_connected": "1 while the collector is connected to the broker",
+    "edgeloop_ingest_backpressure_waits_total": "times the collector stopped reading MQTT: mqtt.max_inflight_bytes held",
+    "edgeloop_ingest_inflight_bytes": "payload bytes received and not yet committed",
 }
 
 
@@ -62,7 +64,8 @@ def prometheus_text(metrics: Metrics, stored_dead_letters: dict[str, int], queue
         lines.append(f"# TYPE {name} {kind}")
         lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
 
-    for name in ("received", "stored", "duplicates", "batches", "prepare_seconds", "commit_seconds", "errors"):
+    for name in ("received", "stored", "duplicates", "batches", "prepare_seconds", "commit_seconds", "errors",
+                 "backpressure_waits"):
         emit(f"edgeloop_ingest_{name}_total", "counter", [("", snap["counters"].get(f"ingest_{name}", 0))])
     emit("edgeloop_receipts_sent_total", "counter", [("", snap["counters"].get("receipts_sent", 0))])
     dl = sorted((label, v) for (name, label), v in snap["labelled"].items() if name == "dead_letters")
@@ -72,6 +75,7 @@ def prometheus_text(metrics: Metrics, stored_dead_letters: dict[str, int], queue
     emit("edgeloop_queue_depth", "gauge", [("", queue_depth)])
     emit("edgeloop_examples_total", "gauge", [("", examples)])
     emit("edgeloop_mqtt_connected", "gauge", [("", snap["gauges"].get("mqtt_connected", 0))])
+    emit("edgeloop_ingest_inflight_bytes", "gauge", [("", snap["gauges"].get("ingest_inflight_bytes", 0))])
     return "\n".join(lines) + "\n"
 
 
