@@ -209,6 +209,14 @@ def _warnings(counts: dict[str, dict[str, int]], labels: tuple[str, ...]) -> lis
     return out
 
 
+def _box_warnings(db: sqlite_utils.Database) -> list[str]:
+    """Suspicious boxes among the labelled examples (tiny, whole-frame, degenerate, outside the image)."""
+    from trainer.train.boxcheck import check_boxes, warnings
+
+    rows = db.execute("SELECT id, boxes, width, height FROM examples WHERE status = 'labeled' AND boxes != '[]'")
+    return warnings(check_boxes((str(i), json.loads(b), w, h) for i, b, w, h in rows))
+
+
 def stats(db: sqlite_utils.Database, project: Project) -> dict:
     counts: dict[str, dict[str, int]] = {label: dict.fromkeys(("train", "val", "test", "unassigned"), 0)
                                          for label in project.labels}
@@ -228,7 +236,8 @@ def stats(db: sqlite_utils.Database, project: Project) -> dict:
     guidance = (f"{total} labelled examples ({grade}). Train with at least {MIN_PER_CLASS} per class; about {GOOD} "
                 f"is good and about {PRODUCTION} is production grade. Keep classes balanced, and add 30-50 "
                 "corrected errors per round rather than many similar images.")
-    return {"task": project.task, "total": total, "counts": counts, "warnings": _warnings(counts, project.labels),
+    return {"task": project.task, "total": total, "counts": counts,
+            "warnings": _warnings(counts, project.labels) + _box_warnings(db),
             "guidance": guidance, "duplicate_clusters": ranking.duplicate_clusters([(i, h) for i, h in hashes])}
 
 

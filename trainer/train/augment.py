@@ -2,7 +2,10 @@
 
 Geometric and colour steps run on uint8 images (cheap), noise and occluders
 on float. Detection pipelines carry ``tv_tensors.BoundingBoxes`` through
-every step and drop boxes that leave the image. Custom steps register under
+every step and drop boxes that leave the image or shrink under
+``MIN_BOX_PX``, counting each (``dropped_boxes``) for the round report; the
+counts sit in shared memory, so DataLoader workers add to them too, each
+in its own row. Custom steps register under
 the ``edgeloop.augmentations`` entry-point group, or by ``module:function``;
 either is a factory ``f(task=..., input_size=...) -> transform``.
 """
@@ -15,12 +18,51 @@ from importlib.metadata import entry_points
 from typing import Any, Callable
 
 import torch
+from torch.utils.data import get_worker_info
+from torch.utils._pytree import tree_flatten
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from trainer.train.config import AugmentConfig
 from trainer.train.errors import TrainingError
 
 ENTRY_POINT_GROUP = "edgeloop.augmentations"
+MIN_BOX_PX = 2  # narrower boxes (at the input size) carry no signal and upset some detectors' losses
+_WORKER_ROWS = 64  # row 0: the main process; row 1 + i: DataLoader worker i
+
+
+class CountedSanitize(v2.Transform):
+    """``SanitizeBoundingBoxes`` that counts what it removes: boxes seen, too small, outside the image."""
+
+    def __init__(self, min_size: float = MIN_BOX_PX):
+        super().__init__()
+        self.min_size = min_size
+        self.sanitize = v2.SanitizeBoundingBoxes(min_size=min_size)
+        self.counts = torch.zeros(_WORKER_ROWS, 3, dtype=torch.int64).share_memory_()
+
+    def forward(self, *inputs: Any) -> Any:
+        before = [x for x in tree_flatten(inputs)[0] if isinstance(x, tv_tensors.BoundingBoxes)]
+        out = self.sanitize(*inputs)
+        after = [x for x in tree_flatten(out)[0] if isinstance(x, tv_tensors.BoundingBoxes)]
+        seen = sum(len(b) for b in before)
+        dropped = seen - sum(len(b) for b in after)
+        # After ClampBoundingBoxes a box that left the image has no width or height left.
+        outside = sum(int(((b[:, 2:] - b[:, :2]) <= 0).any(1).sum()) for b in before) if dropped else 0
+        info = get_worker_info()
+        row = 0 if info is None else 1 + info.id % (_WORKER_ROWS - 1)
+        self.counts[row] += torch.tensor([seen, dropped - min(outside, dropped), min(outside, dropped)])
+        return out
+
+
+def dropped_boxes(transform: Any) -> dict | None:
+    """What the pipeline's CountedSanitize removed so far; None when it has none (classification)."""
+    steps = getattr(transform, "transforms", [transform])
+    for step in steps:
+        if isinstance(step, CountedSanitize):
+            seen, small, outside = (int(v) for v in step.counts.sum(0))
+            return {"seen": seen, "dropped": small + outside, "too_small": small, "outside": outside,
+                    "min_size": step.min_size}
+    return None
 
 
 def build_transform(cfg: AugmentConfig, task: str, input_size: int, train: bool = True) -> v2.Transform:
@@ -45,7 +87,7 @@ def build_transform(cfg: AugmentConfig, task: str, input_size: int, train: bool 
         # Occluders cover pixels, not objects: the boxes pass through RandomErasing unchanged, on purpose.
         warnings.filterwarnings("ignore", message=r"RandomErasing\(\) is currently passing through")
         steps.append(v2.ClampBoundingBoxes())
-        steps.append(v2.SanitizeBoundingBoxes(min_size=2))
+        steps.append(CountedSanitize(MIN_BOX_PX))
     return v2.Compose(steps)
 
 

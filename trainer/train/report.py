@@ -1,4 +1,8 @@
-"""Per-round report files: loss curves, confusion matrix, metrics JSON.
+"""Per-round report files: loss curves, confusion matrix, metrics JSON, warnings.
+
+``round.json`` always has a ``warnings`` list (what a person should look at:
+for detection, suspicious boxes and the boxes augmentation dropped, from
+``trainer.train.boxcheck``); each warning is also logged.
 
 matplotlib is imported lazily with the Agg backend, so importing the trainer
 never opens a display or pays matplotlib's start-up cost.
@@ -7,9 +11,12 @@ never opens a display or pays matplotlib's start-up cost.
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 from trainer.train.checkpoint import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
 
 
 def _pyplot():
@@ -80,5 +87,8 @@ def write_report(out_dir: Path, record: dict) -> dict[str, str]:
         paths["confusion"] = str(out_dir / "confusion.png")
         plot_confusion(test["confusion"], test["labels"], out_dir / "confusion.png",
                        f"test split, accuracy {test['accuracy']:.3f}")
-    atomic_write_json(out_dir / "round.json", record | {"report": paths})
+    warnings = list(record.get("warnings") or [])
+    for line in warnings:
+        log.warning("round %s: %s", record["round"], line)
+    atomic_write_json(out_dir / "round.json", record | {"warnings": warnings, "report": paths})
     return paths

@@ -26,6 +26,7 @@ from trainer.dataset import Example
 from trainer.train import data as D
 from trainer.train.augment import build_transform
 from trainer.train.batch_augment import BatchAugment
+from trainer.train.boxcheck import round_warnings
 from trainer.train.checkpoint import (CHECKPOINT_FORMAT, atomic_write_bytes, checkpoint_bytes, code_version,
                                       dataset_version, load_checkpoint)
 from trainer.train.config import TrainConfig
@@ -196,6 +197,7 @@ def run_round(examples: Sequence[Example], config: TrainConfig, out_dir: str | P
     model.load_state_dict(best)
     test_metrics = _test_metrics(model, test, plan, norm)
     record = _record(examples, config, plan, splits, result, test_metrics, imbalance)
+    record.update(round_warnings(examples, plan.task, plan.input_size, {"train": train, "val": val, "test": test}))
     ckpt = {"format": CHECKPOINT_FORMAT, "model_name": plan.model, "task": plan.task, "labels": plan.labels,
             "input_size": plan.input_size, "mean": spec.mean, "std": spec.std, "round": plan.round,
             "version": version if version is not None else plan.round, "splits": splits,
