@@ -158,6 +158,9 @@ class Run:
         return any(self.members.values()) or (self.stage_started is not None and self.plan[self.stage].reaches_everyone)
 
 
+_OUTCOMES = {"done": "fleet", "halted": "halted", "aborted": "halted"}  # a registry row's state -> outcome
+
+
 class RolloutController:
     def __init__(self, registry: Registry, publisher: Publisher, watch: FleetWatch, policy: RolloutPolicy,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -188,8 +191,11 @@ class RolloutController:
             rows = self.registry.rollouts(name, limit=1)
             if not rows:
                 return {"state": "idle", "name": name}
-            return {"state": "done", "name": name, **self._progress(Run.from_row(rows[0])),
-                    "outcome": rows[0]["state"], "reasons": rows[0]["reasons"]}
+            row = rows[0]
+            active = row["state"] in ("running", "paused")
+            return {"state": row["state"] if active else "done", "name": name, **self._progress(Run.from_row(row)),
+                    "outcome": None if active else _OUTCOMES.get(row["state"], row["state"]),
+                    "reasons": row["reasons"]}
         return status
 
     def _progress(self, run: Run) -> dict:

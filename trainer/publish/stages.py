@@ -76,7 +76,7 @@ def validate_stages(stages: tuple[RolloutStage, ...]) -> tuple[RolloutStage, ...
         seen.add(s.name)
         if i < len(stages) and s.reaches_everyone:
             raise ValueError(f"{where} already reaches everyone, but stages follow it; make it the last stage")
-        if i > 1 and s.percent < stages[i - 2].percent:
+        if i > 1 and not s.reaches_everyone and s.percent < stages[i - 2].percent:
             raise ValueError(f"{where}: percent {s.percent} is below the previous stage's"
                              f" {stages[i - 2].percent}; stages only widen")
         if not s.reaches_everyone and not (s.percent or s.agents or s.groups or s.min_agents):
