@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
         agents, groups = parse_ids(args.agents), parse_ids(args.groups)
         overrides = {k: v for k, v in (("canary_percent", args.percent), ("canary_agents", agents or None),
                                        ("canary_groups", groups or None), ("window_s", args.window)) if v is not None}
+        if overrides and args.cohort == "staged" and config.rollout.stages:
+            raise ValueError("--percent, --agents, --groups and --window shape the classic canary stage, but this"
+                             " config has [[publish.rollout.stages]]: change the stages there instead")
         config = config.model_copy(update={"rollout": config.rollout.model_validate(
             {**config.rollout.model_dump(), **overrides})})
         svc = PublishingService.open(config, data_dir, client_id="edgeloop-publish-cli", resume=False)
