@@ -184,9 +184,10 @@ def test_duplicate_clusters_pure() -> None:
 
 def test_fleet_and_dead_letters(store: Store) -> None:
     store.record_fleet([factories.status(at=100.0)], [factories.telemetry(fps=12.5, outbox_depth=4)])
-    store.record_fleet([factories.status(at=50.0, state="offline")], [])  # older: ignored
+    store.record_fleet([factories.status(at=50.0, model_version=1)], [])  # older: ignored
     agent = store.fleet()[0]
     assert (agent["state"], agent["fps"], agent["outbox_depth"], agent["cameras"]) == ("online", 12.5, 4, ["gate"])
+    assert agent["model_version"] == 3  # (an older "offline" is a last will: tests/test_hardening_presence.py)
     assert not agent["stale"] and store.fleet(now=time.time() + 61)[0]["stale"]
     store.record_dead_letters([DeadLetter("t", "bad_magic", "x", 10, b"0123456789" * 100, 1.0)])
     assert store.dead_letter_counts() == {"bad_magic": 1}

@@ -453,9 +453,18 @@ def _record_fleet(db: sqlite_utils.Database, statuses: list, telemetry: list, no
             " model_version = excluded.model_version, model_state = excluded.model_state,"
             " cameras = excluded.cameras, cohorts = excluded.cohorts, detail = excluded.detail,"
             " status_at = excluded.status_at, last_seen = max(last_seen, excluded.last_seen)"
-            " WHERE excluded.status_at >= coalesce(agents.status_at, 0)",
+            # Same stamp, other state: an old "online" redelivered after the will must not revive the agent.
+            " WHERE excluded.status_at > coalesce(agents.status_at, 0)"
+            " OR (excluded.status_at = agents.status_at AND excluded.state = agents.state)",
             [s.agent_id, s.state, s.software_version, s.model_name, s.model_version, s.model_state,
              json.dumps(list(s.cameras)), json.dumps(list(s.cohorts)), s.detail, s.at, now])
+        if s.state == "offline":
+            # A last will is stamped when the agent connected, before its "online": older by stamp, but the
+            # broker sends it only once the connection is gone, so its arrival counts. Only the state
+            # changes: the model facts it carries date from the connect. Redelivered older statuses keep
+            # losing to status_at, and the agent's next session says "online" with a newer stamp.
+            db.execute("UPDATE agents SET state = 'offline', last_seen = max(last_seen, ?)"
+                       " WHERE agent_id = ? AND state = 'online'", [now, s.agent_id])
     for t in telemetry:
         data = json.dumps(t.header())
         db.execute(

@@ -7,9 +7,15 @@
   const $ = (id) => document.getElementById(id);
   const REFRESH_MS = 5000;
 
-  function stateBadge(state) {
-    const online = state === "online";
-    return h("span", h(`span.dot.${online ? "online" : "offline"}`), state || "unknown");
+  // "stale": its last status says online, but no status or telemetry came for three telemetry
+  // periods (at least a minute): a crash the broker has not noticed yet, or a cut network.
+  function stateBadge(a) {
+    if (a.state === "online" && a.stale) {
+      return h("span", { title: `online by its last status, silent since ${when(a.last_seen)}` },
+        h("span.dot.stale"), "stale");
+    }
+    const online = a.state === "online";
+    return h("span", h(`span.dot.${online ? "online" : "offline"}`), a.state || "unknown");
   }
 
   function modelCell(a) {
@@ -31,7 +37,7 @@
     const depth = a.outbox_depth || 0;
     return h("tr", { dataset: { agent: a.agent_id } },
       h("td.mono", a.agent_id),
-      h("td", stateBadge(a.state)),
+      h("td", stateBadge(a)),
       h("td", modelCell(a)),
       h("td", cameras(a.cameras)),
       h("td.mono", { title: "edgeloop version · execution provider the model runs on" },
@@ -47,8 +53,10 @@
     try {
       const fleet = await api("/api/fleet");
       const agents = fleet.agents || [];
-      const online = agents.filter((a) => a.state === "online").length;
-      $("fleet-summary").textContent = `${online} of ${agents.length} agents online · updated ${new Date().toLocaleTimeString()}`;
+      const online = agents.filter((a) => a.state === "online" && !a.stale).length;
+      const stale = agents.filter((a) => a.state === "online" && a.stale).length;
+      $("fleet-summary").textContent = `${online} of ${agents.length} agents online` +
+        (stale ? ` · ${stale} stale` : "") + ` · updated ${new Date().toLocaleTimeString()}`;
       fill($("fleet-body"), agents.length ? agents.map(row)
         : h("tr", h("td.muted", { colspan: 10 }, "No agent has reported yet.")));
       $("fleet-error").classList.add("hidden");
