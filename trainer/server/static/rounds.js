@@ -13,8 +13,8 @@
   const FAST_MS = 1000;
   const SLOW_MS = 4000;
   const ROUND_BADGE = { running: "warn", done: "ok", failed: "bad", cancelled: "" };
-  const ROLLOUT_BADGE = { starting: "warn", watching: "warn", fleet: "ok", halted: "bad", interrupted: "warn",
-                          error: "bad" };
+  const ROLLOUT_BADGE = { starting: "warn", watching: "warn", paused: "warn", fleet: "ok", halted: "bad",
+                          interrupted: "warn", error: "bad" };
   const live = { round: null, rollout: null, lastHandled: undefined, rolloutKey: undefined };
   window.edgeloopRounds = live;
 
@@ -147,7 +147,7 @@
       fill(box, h("div.muted", "No rollout since the server started."));
     } else {
       const health = r.health || [];
-      const counts = r.state === "watching" ? ` · ${r.ok || 0} ok · ${r.failed || 0} failed · ${r.pending || 0} pending` : "";
+      const counts = r.state === "watching" || r.state === "paused" ? ` · ${r.ok || 0} ok · ${r.failed || 0} failed · ${r.pending || 0} pending` : "";
       fill(box,
         h("div.round-line", h(`span.badge${ROLLOUT_BADGE[label] ? "." + ROLLOUT_BADGE[label] : ""}#rollout-badge`, label),
           h("b", ` ${r.name} v${r.version}`), h("span.muted", counts)),
@@ -159,10 +159,10 @@
           : h("div.muted", (r.canaries || []).length ? `canaries: ${r.canaries.join(", ")}` : "No canaries."),
         r.outcome === "fleet" ? h("div", "Widened to the whole fleet.") : null,
         r.outcome === "halted" ? h("div", "Halted", r.rollback_version ? `; rolled back as v${r.rollback_version}.` : ".") : null,
-        r.outcome === "interrupted" ? h("div", "Interrupted by a server stop: publish it again or roll back.") : null,
+        r.outcome === "interrupted" ? h("div", "Interrupted by a server stop: it resumes when the server starts.") : null,
         (r.reasons || []).length ? h("ul.reasons", r.reasons.map((x) => h("li", x))) : null);
     }
-    $("btn-halt").disabled = !(r && (r.state === "watching" || r.state === "starting"));
+    $("btn-halt").disabled = !(r && ["watching", "starting", "paused"].includes(r.state));
   }
 
   async function pollRollout() {
@@ -173,7 +173,7 @@
         const r = await api(`/api/models/${encodeURIComponent(name)}/rollout`);
         live.rollout = r;
         renderRollout(r);
-        fast = r.state === "watching" || r.state === "starting";
+        fast = ["watching", "starting", "paused"].includes(r.state);
         const key = `${r.state}:${r.version}:${r.outcome}`;
         if (live.rolloutKey !== undefined && key !== live.rolloutKey) models.refresh();
         live.rolloutKey = key;
