@@ -203,6 +203,8 @@ class UpdatesConfig(_Strict):
 class AgentConfig(_Strict):
     agent_id: str
     groups: list[str] = []  # cohort groups for staged model roll-outs
+    tags: dict[str, str] = {}  # site, camera type...: reported in the Status for people and group choices
+    config_group: str | None = None  # whose configuration bundles to follow (None: the first of groups)
     data_dir: Path  # outbox, model versions, state file
     mqtt: MqttConfig = MqttConfig()
     uplink: UplinkConfig = UplinkConfig()
@@ -221,6 +223,27 @@ class AgentConfig(_Strict):
     @classmethod
     def _groups(cls, v: list[str]) -> list[str]:
         return [_check_id(g) for g in v]
+
+    @field_validator("config_group")
+    @classmethod
+    def _config_group(cls, v: str | None) -> str | None:
+        return None if v is None else _check_id(v)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 32:
+            raise ValueError("at most 32 tags")
+        for key, value in v.items():
+            _check_id(key)
+            if len(value) > 128:
+                raise ValueError(f"tag {key}: at most 128 characters")
+        return v
+
+    @property
+    def bundle_group(self) -> str | None:
+        """The group whose configuration bundles this agent applies, or None."""
+        return self.config_group or (self.groups[0] if self.groups else None)
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> "AgentConfig":

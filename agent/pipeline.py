@@ -9,7 +9,14 @@ Threads and what they may wait on:
   is a counted ``queue_full`` drop, never a wait).
 * ``encoder``: JPEG-encodes picked frames only, builds the Sample and writes it
   to the outbox (SQLite, its own writer thread).
-* ``uplink``: MQTT, see agent.uplink. ``updater``: downloads and model swaps.
+* ``uplink``: MQTT, see agent.uplink; commands and configuration bundles
+  (agent.bundles) are handled on its thread. ``updater``: downloads and
+  model swaps; ``updater-commands``: rollbacks.
+
+Every command is answered by a Status whose ``answered`` names it, published
+once the command took effect: at once for ``ping``, ``reload_config`` and
+``resend_outbox``; for ``rollback`` when the updater's command thread has
+finished (or refused) it.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import random
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +35,13 @@ import cv2
 import numpy as np
 
 from protocol.version import SOFTWARE_VERSION as __version__
-from protocol import Box, Command, Sample, Status, Telemetry, encode, ProtocolError
+from protocol import Box, Command, ConfigBundle, Sample, Status, Telemetry, encode, ProtocolError
 from protocol.embedding import quantize_embedding
 from protocol.messages import MAX_BOXES
 from protocol.topics import sample_topic
 
-from .config import AgentConfig, ConfigError, load_config
+from .bundles import BundleKeeper
+from .config import AgentConfig, ConfigError, load_config, trusted_keys
 from .health import HealthWindow
 from .metrics import ConfidenceHistogram, Counters, LatencyWindow, RateMeter
 from .model import NonFiniteOutput, Prediction
@@ -44,6 +53,7 @@ from .updater import ModelHolder, Updater
 from .uplink import Uplink
 
 log = logging.getLogger(__name__)
+ROLLBACK_THREAD = "updater-commands"  # agent.updater runs rollbacks there, one job per request, in order
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,13 @@ class Agent:
         self.sampler = Sampler(cfg.sampling, random.Random(sample_seed), self.counters)
         self.picked: queue.Queue[Picked | None] = queue.Queue(maxsize=cfg.outbox.queue_size)
         self.uplink = Uplink(cfg, self.outbox, self.counters, random.Random(rng.random()), self.status,
-                             self.telemetry, self.handle_command, self.updater.submit)
+                             self.telemetry, self.handle_command, self.updater.submit, on_config=self.handle_config)
+        self._answers: list[str] = []  # command ids the next online Status answers
+        self._rollbacks: deque[str] = deque()  # rollback commands the updater has not finished yet
+        self._answers_lock = threading.Lock()
+        self.file_cfg = cfg  # as read from the file; self.cfg has the applied bundle laid over it
+        self.bundles = BundleKeeper(cfg, trusted_keys(cfg.updates), self._apply_config)
+        self.bundles.load_saved()
         self.stop_event = threading.Event()
         self._threads = [threading.Thread(target=self._infer_loop, name="inference", daemon=True),
                          threading.Thread(target=self._encode_loop, name="encoder", daemon=True)]
@@ -263,7 +279,25 @@ class Agent:
                          if s.state == "reconnecting")
 
     def _status_changed(self) -> None:
+        if threading.current_thread().name == ROLLBACK_THREAD:
+            with self._answers_lock:  # a rollback finished or was refused: its command gets its answer
+                if self._rollbacks:
+                    self._answers.append(self._rollbacks.popleft())
         self.uplink.publish_status()
+
+    def _answer(self, command_id: str) -> None:
+        with self._answers_lock:
+            self._answers.append(command_id)
+        self.uplink.publish_status()
+
+    def _take_answers(self, state: str) -> tuple[str, ...]:
+        if state != "online":  # the last will and the clean-stop status answer nothing
+            return ()
+        with self._answers_lock:
+            taken, self._answers = self._answers[:32], self._answers[32:]
+        if self._answers:
+            self.uplink.publish_status()
+        return tuple(taken)
 
     def status(self, state: str) -> Status:
         with self.holder.lock:
@@ -271,12 +305,14 @@ class Agent:
             model_state, detail = self.holder.model_state, self.holder.detail
         cams = self._cameras_detail()
         warning = f"warning: {runner.provider_warning}" if runner and runner.provider_warning else ""
-        detail = "; ".join(x for x in (detail, warning, cams) if x)
+        detail = "; ".join(x for x in (detail, self.bundles.detail, warning, cams) if x)
         return Status(agent_id=self.cfg.agent_id, state=state, at=time.time(), software_version=__version__,
                       model_name=runner.name if runner else self.cfg.model.name,
                       model_version=max(ref.version, 0) if ref else 0, model_state=model_state,
                       cameras=tuple(c.id for c in self.cfg.cameras), cohorts=tuple(self.cfg.groups),
-                      detail=detail[:1024], provider=runner.provider if runner else "")
+                      detail=detail[:1024], provider=runner.provider if runner else "", tags=dict(self.cfg.tags),
+                      answered=self._take_answers(state), config_group=self.bundles.group or "",
+                      config_version=self.bundles.version)
 
     def telemetry(self) -> Telemetry:
         p50, p99 = self.latency.percentiles_ms()
@@ -294,12 +330,30 @@ class Agent:
     def handle_command(self, cmd: Command) -> None:
         log.info("command %s: %s %s", cmd.command_id, cmd.action, cmd.args or "")
         if cmd.action == "rollback":
-            self.updater.request_rollback()
+            if self.cfg.updates.enabled:
+                with self._answers_lock:
+                    self._rollbacks.append(cmd.command_id)
+                self.updater.request_rollback()  # answered when the updater's command thread is done
+                return
+            self.holder.report(self.holder.model_state, "rollback refused: updates are disabled on this agent")
         elif cmd.action == "reload_config":
             self._reload_config()
         elif cmd.action == "resend_outbox":
             self.uplink.resend_all()
-        self.uplink.publish_status()  # ping: the answer is a fresh status
+        self._answer(cmd.command_id)  # ping: the answer is a fresh status
+
+    def handle_config(self, bundle: ConfigBundle) -> None:
+        """A configuration bundle for our group (uplink thread): applied or refused, the Status says which."""
+        self.bundles.receive(bundle)
+        self.uplink.publish_status()
+
+    def _apply_config(self, effective: AgentConfig) -> None:
+        """Make a config with a bundle laid over it the running one (only LIVE sections differ)."""
+        if effective.sampling != self.cfg.sampling:
+            s = effective.sampling
+            self.sampler = Sampler(s, random.Random(s.seed), self.counters)
+        self.cfg = effective
+        self.uplink.cfg = effective  # telemetry period and receipt timeout are read on every step
 
     def _reload_config(self) -> None:
         """Apply a changed [sampling] section live; anything else needs a restart."""
@@ -312,8 +366,9 @@ class Agent:
             log.error("reload_config refused: %s", e)
             self.holder.report(self.holder.model_state, f"reload_config refused: {e}"[:1000])
             return
-        self.sampler = Sampler(new.sampling, random.Random(new.sampling.seed), self.counters)
-        others = [k for k in type(new).model_fields if k != "sampling" and getattr(new, k) != getattr(self.cfg, k)]
+        others = [k for k in type(new).model_fields if k != "sampling" and getattr(new, k) != getattr(self.file_cfg, k)]
+        self.file_cfg = new.model_copy(update={k: getattr(self.file_cfg, k) for k in others})  # rest: at restart
+        self._apply_config(self.bundles.rebase(self.file_cfg))
         note = f"; restart to apply {', '.join(others)}" if others else ""
         self.holder.report(self.holder.model_state, f"reload_config: sampling applied{note}")
         log.info("reload_config: sampling applied%s", note)

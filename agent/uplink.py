@@ -24,8 +24,8 @@ from typing import Callable
 
 import paho.mqtt.client as mqtt
 
-from protocol import Announcement, Command, ProtocolError, Receipt, Status, Telemetry, decode, encode
-from protocol.topics import announce_topic, command_topic, receipt_topic, status_topic, telemetry_topic
+from protocol import Announcement, Command, ConfigBundle, ProtocolError, Receipt, Status, Telemetry, decode, encode
+from protocol.topics import announce_topic, command_topic, config_topic, receipt_topic, status_topic, telemetry_topic
 
 from .backoff import Backoff
 from .config import AgentConfig, mqtt_password
@@ -40,7 +40,8 @@ IDLE_POLL_S = 0.2  # how often an idle uplink looks at the outbox without being 
 class Uplink:
     def __init__(self, cfg: AgentConfig, outbox: Outbox, counters: Counters, rng: random.Random,
                  status: Callable[[str], Status], telemetry: Callable[[], Telemetry],
-                 on_command: Callable[[Command], None], on_announcement: Callable[[Announcement], None]) -> None:
+                 on_command: Callable[[Command], None], on_announcement: Callable[[Announcement], None],
+                 on_config: Callable[[ConfigBundle], None] | None = None) -> None:
         self.cfg = cfg
         self.outbox = outbox
         self.counters = counters
@@ -49,6 +50,7 @@ class Uplink:
         self.telemetry = telemetry
         self.on_command = on_command
         self.on_announcement = on_announcement
+        self.on_config = on_config  # bundles of cfg.bundle_group (agent.bundles); None: not subscribed
         self.connected = threading.Event()
         self.connections = 0  # successful connects since start
         self._stop = threading.Event()
@@ -121,6 +123,8 @@ class Uplink:
         subs = [(receipt_topic(self.cfg.agent_id), 1), (command_topic(self.cfg.agent_id), 1)]
         if self.cfg.updates.enabled:
             subs.append((announce_topic(self.cfg.model.name), 1))
+        if self.on_config is not None and self.cfg.bundle_group is not None:
+            subs.append((config_topic(self.cfg.bundle_group), 1))
         client.subscribe(subs)
         self.connections += 1
         self.backoff.reset()
@@ -222,5 +226,7 @@ class Uplink:
             self.on_command(message)
         elif isinstance(message, Announcement):
             self.on_announcement(message)
+        elif isinstance(message, ConfigBundle) and self.on_config is not None:
+            self.on_config(message)
         else:
             log.warning("unexpected %s message on %s", message.KIND, msg.topic)

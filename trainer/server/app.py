@@ -109,6 +109,9 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(api_data.router)
     app.include_router(api_assist.router)
+    from trainer.fleet import routes as fleet_routes
+
+    app.include_router(fleet_routes.api_router())  # commands and config bundles (issue 14)
     app.include_router(api.public)
     _docs_behind_login(app, config.http.api_docs)
     from trainer.publish import routes as publish_routes

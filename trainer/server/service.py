@@ -24,6 +24,7 @@ class Service:
         self.publishing = None  # trainer.publish.service.PublishingService, with [publish]
         self.rounds = None  # trainer.rounds.pipeline.RoundManager, with [rounds]
         self.assist = None  # trainer.assist.worker.Assist, with [assist]
+        self.fleet = None  # trainer.fleet.service.FleetService (commands, config bundles), with MQTT
         self._stop = threading.Event()
         self._hasher: threading.Thread | None = None
 
@@ -35,6 +36,9 @@ class Service:
         if cfg.mqtt.enabled:
             self.collector = Collector(self.store, cfg.mqtt, self.metrics)
             self.collector.start()
+            from trainer.fleet.service import FleetService
+
+            self.fleet = FleetService.open(cfg, self.store)
         self._start_training_side()
         if cfg.assist:
             from trainer.assist.worker import Assist  # onnxruntime and OpenCV only when configured
@@ -105,6 +109,9 @@ class Service:
         if self.registry:
             self.registry.close()
             self.registry = None
+        if self.fleet:
+            self.fleet.close()
+            self.fleet = None
         if self.collector:
             self.collector.stop()
             self.collector = None

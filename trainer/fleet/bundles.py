@@ -1,0 +1,98 @@
+"""Versioned configuration bundles per agent group: validate, sign, keep, publish, roll back.
+
+``push`` validates the settings with the agent's own strict models
+(agent.bundles.check_settings: a bad key or value is refused with its path,
+before anything is signed or stored), signs the bundle with the model-signing
+key (``[publish] signing_key``), stores it unpublished, publishes it retained
+on ``edgeloop/v1/groups/{group}/config`` and waits for the broker's PUBACK;
+only then is it marked published. If the broker does not take it the row is
+deleted, so the version list never shows a bundle agents never saw.
+
+``rollback`` re-publishes an earlier version's settings as a NEW, higher
+version (note "rollback to vN"), as model rollbacks do: agents refuse any
+version not above the one they run, so a replay can never downgrade them.
+
+Threads: called from HTTP workers; one lock serializes pushes so versions
+are dense and increasing; waits on the store's writer and the PUBACK.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from agent.bundles import BundleInvalid, check_settings
+from protocol import ConfigBundle, encode
+from protocol.bundle import Bundle, sign_bundle
+from protocol.topics import config_topic
+
+from . import records
+
+log = logging.getLogger(__name__)
+
+
+class BundleError(Exception):
+    """A push or rollback that cannot happen; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(detail)
+
+
+class Bundles:
+    def __init__(self, store, publish: Callable[[str, bytes], None], key=None, key_problem: str = "",
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._publish = publish  # (topic, payload), retained; waits for the PUBACK, raises on failure
+        self.key = key  # Ed25519PrivateKey, None: bundles cannot be signed here
+        self.key_problem = key_problem or "no signing key: configure [publish] signing_key"
+        self.clock = clock
+        self._lock = threading.Lock()
+
+    def push(self, group: str, settings: dict, user: str, note: str = "", parent_version: int = 0) -> dict:
+        if self.key is None:
+            raise BundleError(404, f"configuration bundles are off on this server: {self.key_problem}")
+        try:
+            check_settings(settings)
+        except BundleInvalid as e:
+            raise BundleError(422, f"invalid settings: {e}") from e
+        with self._lock:
+            version = records.next_bundle_version(self.store.db.read(), group)
+            now = self.clock()
+            bundle = Bundle(group=group, version=version, settings=settings, created=int(now),
+                            parent_version=parent_version, note=note[:512], author=user[:64])
+            data, signature = sign_bundle(bundle, self.key)
+            payload = encode(ConfigBundle(data, signature))
+            self.store.db.write(lambda db: records.insert_bundle(db, group, version, settings, data, signature, now,
+                                                                 user, note[:512], parent_version))
+            try:
+                self._publish(config_topic(group), payload)
+            except Exception as e:  # MqttError or no client: undo the row, nothing half-applied
+                self.store.db.write(lambda db: records.set_published(db, group, version, None))
+                raise BundleError(503, f"the broker did not take the bundle, nothing changed: {e}") from e
+            self.store.db.write(lambda db: records.set_published(db, group, version, self.clock()))
+        log.warning("%s published configuration bundle %s v%d%s", user, group, version, f" ({note})" if note else "")
+        return self.versions(group, 1)[0]
+
+    def rollback(self, group: str, user: str, to: int | None = None) -> dict:
+        versions = self.versions(group)
+        if not versions:
+            raise BundleError(404, f"group {group!r} has no configuration bundle")
+        if to is None:
+            if len(versions) < 2:
+                raise BundleError(409, f"group {group!r} has only v{versions[0]['version']}: nothing to roll back to")
+            target = versions[1]
+        else:
+            target = next((v for v in versions if v["version"] == to), None)
+            if target is None:
+                raise BundleError(404, f"group {group!r} has no bundle v{to}")
+            if target["version"] == versions[0]["version"]:
+                raise BundleError(409, f"v{to} is the current bundle of {group!r}")
+        return self.push(group, target["settings"], user, note=f"rollback to v{target['version']}",
+                         parent_version=target["version"])
+
+    def versions(self, group: str, limit: int = 100) -> list[dict]:
+        return records.bundles(self.store.db.read(), group, limit)

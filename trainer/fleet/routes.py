@@ -1,0 +1,140 @@
+"""The fleet API: commands to agents and groups, their outcomes, configuration bundles per group.
+
+Every route needs a logged-in user; the ones that change what agents do also
+go through ``require_publisher`` (the role they need once roles exist: today
+any user has it; the accounts work replaces its body). The fleet service is
+``app.state.service.fleet`` (trainer/fleet/service.py); without MQTT it is
+absent and the routes answer 404 saying so.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol import Command
+from protocol.topics import ID_PATTERN
+from trainer.server.auth import require_user
+
+from .bundles import BundleError
+from .commands import MAX_TIMEOUT_S, CommandError
+
+AgentId = Annotated[str, Path(pattern=ID_PATTERN, description="the agent id")]
+Group = Annotated[str, Path(pattern=ID_PATTERN, description="the agent group (an agent config's groups)")]
+Action = Literal[Command.ACTIONS]  # type: ignore[valid-type]
+Scalar = bool | int | float | Annotated[str, Field(max_length=1024)] | None
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "no or wrong credentials"},
+    403: {"model": ErrorOut, "description": "missing CSRF token on a cookie-authenticated write"},
+    404: {"model": ErrorOut, "description": "no such agent, group, command or bundle; or the fleet side is off"},
+    409: {"model": ErrorOut, "description": "not possible now (nothing to roll back to...)"},
+    503: {"model": ErrorOut, "description": "the broker is not connected or did not take the message"},
+}
+
+
+class CommandIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Action
+    args: dict[Annotated[str, Field(max_length=64)], Scalar] = Field(default_factory=dict, max_length=32)
+    timeout_s: float = Field(10.0, ge=0, le=MAX_TIMEOUT_S, description="the deadline for the agent's answer")
+    wait: bool = Field(True, description="wait (until the deadline) for the answer before replying")
+
+
+class BundleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    settings: dict[str, Any] = Field(description="agent config sections that can change live "
+                                                 "(agent/README.md, 'Central configuration')")
+    note: str = Field("", max_length=512)
+
+
+class RollbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: int | None = Field(None, ge=1, le=2**31, description="the version to go back to (default: the previous)")
+
+
+def _fleet(request: Request):
+    service = getattr(request.app.state, "service", None)
+    fleet = getattr(service, "fleet", None)
+    if fleet is None:
+        raise HTTPException(404, "fleet operations are off on this server: they need [mqtt] enabled")
+    return fleet
+
+
+def require_publisher(user: str = Depends(require_user)) -> str:
+    """Commands and bundles change what agents do: they need "publisher" rights (every user has them until
+    accounts and roles exist; that work replaces this body)."""
+    return user
+
+
+Publisher = Annotated[str, Depends(require_publisher)]
+
+
+def api_router() -> APIRouter:
+    """The ``/api`` fleet routes: reads behind ``require_user``, writes behind ``require_publisher``."""
+    api = APIRouter(prefix="/api", tags=["fleet"], dependencies=[Depends(require_user)], responses=ERRORS)
+
+    @api.post("/agents/{agent_id}/commands", summary="send a command to one agent and wait for its answer")
+    def command_agent(request: Request, agent_id: AgentId, body: CommandIn, user: Publisher) -> dict[str, Any]:
+        try:
+            return _fleet(request).commander.to_agent(agent_id, body.action, body.args, user, body.timeout_s,
+                                                      body.wait)
+        except CommandError as e:
+            raise HTTPException(e.status, e.detail) from e
+
+    @api.post("/groups/{group}/commands", summary="send a command to every agent of a group")
+    def command_group(request: Request, group: Group, body: CommandIn, user: Publisher) -> dict[str, Any]:
+        try:
+            return _fleet(request).commander.to_group(group, body.action, body.args, user, body.timeout_s,
+                                                      body.wait)
+        except CommandError as e:
+            raise HTTPException(e.status, e.detail) from e
+
+    @api.get("/commands/{command_id}", summary="one command and its outcome (sent, answered, timed_out, failed)")
+    def get_command(request: Request,
+                    command_id: Annotated[str, Path(pattern=ID_PATTERN)]) -> dict[str, Any]:
+        found = _fleet(request).commander.get([command_id])
+        if not found:
+            raise HTTPException(404, f"no command {command_id!r}")
+        return found[0]
+
+    @api.get("/commands", summary="recent commands, newest first")
+    def list_commands(request: Request, agent_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+                      batch: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+                      limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
+        return _fleet(request).commander.recent(agent_id, batch, limit)
+
+    @api.get("/groups", summary="agent groups with their agents (tags, applied bundle) and current bundle")
+    def list_groups(request: Request) -> list[dict[str, Any]]:
+        fleet = _fleet(request)
+        return fleet.groups()
+
+    @api.get("/groups/{group}/bundles", summary="a group's configuration bundles, newest first")
+    def list_bundles(request: Request, group: Group) -> list[dict[str, Any]]:
+        return _fleet(request).bundles.versions(group)
+
+    @api.post("/groups/{group}/bundles", summary="sign and publish a new configuration bundle for a group")
+    def push_bundle(request: Request, group: Group, body: BundleIn, user: Publisher) -> dict[str, Any]:
+        try:
+            return _fleet(request).bundles.push(group, body.settings, user, body.note)
+        except BundleError as e:
+            raise HTTPException(e.status, e.detail) from e
+
+    @api.post("/groups/{group}/bundles/rollback", summary="re-publish an earlier bundle as a new version")
+    def rollback_bundle(request: Request, group: Group, body: RollbackIn, user: Publisher) -> dict[str, Any]:
+        try:
+            return _fleet(request).bundles.rollback(group, user, body.to)
+        except BundleError as e:
+            raise HTTPException(e.status, e.detail) from e
+
+    return api
