@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from trainer.publish.gate import GateConfig, GateDecision, decide as gate_decide
 
 from .evaluate import same_split_metrics
+from trainer.drift.reference import store_reference
 from trainer.publish.registry import ModelRecord, NewModel, Registry
 
 from . import trigger
@@ -233,6 +234,8 @@ class RoundManager:
         test = [e for e in self._examples.pop(outcome.round_id, []) if r["splits"].get(e.id) == "test"]
         decision = self.judge(record, current, test)
         timings = {"register": t1 - t0, "gate": time.perf_counter() - t1}
+        # Drift reference (trainer.drift, issue 14): the candidate's confidence histogram on its test split.
+        store_reference(self.registry, name, record.version, record.file_path, test)
         if not decision.publish:
             self.registry.set_state(name, record.version, "rejected", "; ".join(decision.reasons)[:1000],
                                     gate=decision.to_dict())
