@@ -103,7 +103,7 @@ def test_comparison_labels_to_reach_paired_by_seed_and_drops():
     assert comp["baseline_final"] == pytest.approx(0.75)
     row = comp["strategies"]["good"]
     assert row["reach_baseline_final"] == pytest.approx(10 + 10 * 0.25 / 0.3)  # mean curve 0.5 -> 0.8
-    assert row["label_ratio"] == pytest.approx(row["reach_baseline_final"] / 30, abs=1e-4)
+    assert row["label_ratio"] == pytest.approx(row["reach_baseline_final"] / 30, abs=1e-4)  # random needs all 30
     assert row["paired_reach_baseline_final"] == [pytest.approx(10 + 10 * 0.2 / 0.4), pytest.approx(20 + 10 * 0.1 / 0.2)]
     assert row["paired_area_vs_baseline"]["wins"] == 2
     assert row["drop"] == {"any_seed": pytest.approx(0.05), "mean_curve": 0.0}

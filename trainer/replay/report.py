@@ -85,13 +85,14 @@ def compare(curves: dict[str, list[Curve]], baseline: str = "random", reference:
     """Per strategy: labels to reach each target (mean curve) and the baseline's final mean; paired by seed,
     labels to reach the baseline's own final metric on the same seed; worst drops; rounds below the reference.
 
-    ``label_ratio`` is labels to reach the baseline's final mean ÷ the labels the baseline used: 0.6 means
-    the strategy got there with 60 % of the labels.
+    ``label_ratio`` is labels to reach the baseline's final mean ÷ the labels the baseline needs to reach it
+    (both on mean curves, interpolated between rounds): 0.6 means the strategy got there with 60 % of the labels.
     """
     out: dict = {"baseline": baseline, "reference": reference, "strategies": {}}
     base = curves.get(baseline)
     goal = float(mean_curve(base)[1][-1]) if base else None
-    base_labels = base[0][-1]["labels"] if base else None
+    # What the baseline itself needs to reach its final mean (less than its budget when its curve dips at the end).
+    base_labels = labels_to_reach(_mean_points(base), goal) if base else None
     out["baseline_final"] = goal
     ref = mean_curve(curves[reference]) if reference in curves else None
     for name, runs in curves.items():
