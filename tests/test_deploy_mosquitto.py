@@ -36,8 +36,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 import factories
 from edgeloop.broker import LocalBroker, free_port, wait_port
 from protocol import decode, encode
-from protocol.topics import (ANNOUNCE_FILTER, SAMPLES_FILTER, STATUS_FILTER, TELEMETRY_FILTER, announce_topic,
-                             command_topic, receipt_topic, sample_topic, shared, status_topic, telemetry_topic)
+from protocol.topics import (ANNOUNCE_FILTER, CONFIG_FILTER, SAMPLES_FILTER, STATUS_FILTER, TELEMETRY_FILTER,
+                             announce_topic, command_topic, config_topic, receipt_topic, sample_topic, shared,
+                             status_topic, telemetry_topic)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "mosquitto"
@@ -309,8 +310,8 @@ def topics(messages) -> list[str]:
 
 
 def may_read_as(agent: str, topic: str) -> bool:
-    return topic in (receipt_topic(agent), command_topic(agent)) or re.fullmatch(
-        ANNOUNCE_FILTER.replace("+", "[^/]+"), topic) is not None
+    return topic in (receipt_topic(agent), command_topic(agent)) or any(
+        re.fullmatch(f.replace("+", "[^/]+"), topic) is not None for f in (ANNOUNCE_FILTER, CONFIG_FILTER))
 
 
 # --- what agents and the server may do --------------------------------------
@@ -374,6 +375,28 @@ def test_agent_cannot_announce_models_or_speak_for_the_server(peers):
     got = cam1.until(announce_topic("sentinel"))
     assert announce_topic("forged") not in topics(got)
     assert receipt_topic("cam-1") not in topics(got) and command_topic("cam-1") not in topics(got)
+
+
+def test_only_the_server_sends_commands_and_configuration_bundles(peers):
+    cam1 = connected(peers, "cam-1")
+    assert cam1.subscribe(command_topic("cam-1"), config_topic("north"), receipt_topic("cam-1")) == [1, 1, 1]
+    cam2 = connected(peers, "cam-2")
+    forged = factories.config_bundle(bundle=b'{"group":"north","version":99}')
+    assert cam2.publish(command_topic("cam-1"), encode(factories.command(action="rollback"))) == NOT_AUTHORIZED
+    assert cam2.publish(command_topic("cam-2"), encode(factories.command(action="ping"))) == NOT_AUTHORIZED
+    assert cam2.publish(config_topic("north"), encode(forged), retain=True) == NOT_AUTHORIZED
+    assert cam1.publish(command_topic("cam-1"), encode(factories.command())) == NOT_AUTHORIZED  # not even its own
+
+    server = connected(peers, SERVER_USER)
+    assert server.publish(config_topic("north"), encode(factories.config_bundle()), retain=True) == 0
+    assert server.publish(command_topic("cam-1"), encode(factories.command(command_id="from-server"))) == 0
+    assert server.publish(receipt_topic("cam-1"), encode(factories.receipt())) == 0  # the sentinel
+    got = cam1.until(receipt_topic("cam-1"))
+    commands = [decode(m.topic, m.payload) for m in got if m.topic == command_topic("cam-1")]
+    assert [c.command_id for c in commands] == ["from-server"]
+    bundles = [m.payload for m in got if m.topic == config_topic("north")]
+    assert bundles == [encode(factories.config_bundle())]
+    assert server.publish(config_topic("north"), b"", retain=True) == 0  # clear the retained copy
 
 
 @pytest.mark.parametrize("filter_", ["#", "edgeloop/#", "edgeloop/v1/agents/+/+", SAMPLES_FILTER,
