@@ -162,6 +162,9 @@ def plot(result: dict, path: Path, title: str | None = None) -> None:
         (line,) = ax.plot(x, mean, marker="o", ms=3, label=label, ls="--" if name == "random" else "-")
         if len(runs) > 1:
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15, lw=0)
+    base = result.get("comparison", {}).get("baseline_final")
+    if base is not None:  # the level the label-cost comparison asks about
+        ax.axhline(base, color="0.5", lw=0.8, ls=":", label=f"random's final {base:.3f}")
     seeds = max((len(r) for r in result["curves"].values()), default=0)
     ax.set_xlabel("labels used (seed set + picked batches)")
     metric = METRIC_LABELS.get(result["metric_name"], result["metric_name"])
