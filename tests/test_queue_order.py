@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from protocol.codec import decode, encode, topic_for
 from protocol.embedding import quantize_embedding
 from tests.factories import sample
 from trainer.store import ranking
@@ -33,6 +34,8 @@ def _store(tmp_path, rows, with_embeddings: bool) -> tuple[Store, dict[str, int]
     samples = [sample(frame_id=f"cam-agent-1.gate.{i:06d}", captured_at=NOW, uncertainty=u,
                       scores=(0.4, 0.35, 0.25), embedding=quantize_embedding(e) if with_embeddings else b"")
                for i, (_, e, u) in enumerate(rows)]
+    # Through the wire format, as the collector receives them.
+    samples = [decode(topic_for(s), encode(s)) for s in samples]
     store.ingest_samples([incoming(s, NOW) for s in samples])
     group = {f"cam-agent-1.gate.{i:06d}": k for i, (k, _, _) in enumerate(rows)}
     return store, group
