@@ -82,7 +82,15 @@ class TrainConfig(_Strict):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     seed: int = 0
-    patience: int = Field(6, ge=1)  # early stop after this many epochs without a better val loss
+    patience: int = Field(6, ge=1)  # early stop after this many epochs without a better val loss (or metric)
+    # A floor on optimizer steps per round: on a small training set each epoch draws more batches
+    # (with replacement) so that 20 labels get as many updates as 300 would. 0 turns it off.
+    min_steps: int = Field(200, ge=0, le=1_000_000)
+    # Early stopping and the overfitting stop only act after this many epochs and after min_steps.
+    min_epochs: int = Field(5, ge=0, le=10000)
+    # What early stopping and the kept epoch follow: the validation loss, or the validation split's
+    # accuracy (classification) / mAP@0.5 (detection), ties broken by the loss.
+    early_stop_on: Literal["val_loss", "val_metric"] = "val_loss"
     overfit_epochs: int = Field(4, ge=2)  # N epochs of train loss down while val loss up
     overfit_margin: float = Field(0.1, ge=0)  # ...ending this much (relative) above the best val loss
     min_delta: float = Field(1e-4, ge=0)

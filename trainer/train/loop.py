@@ -1,8 +1,11 @@
 """The training loop: flat and readable (nanoGPT style).
 
-``fit`` trains a model on a loader, measures val loss every epoch, keeps the
-best weights, stops early when val loss stops improving and reports
-overfitting (train loss falling while val loss rises for N epochs in a row).
+``fit`` trains a model on a loader, measures val loss and the validation
+metric (accuracy or mAP@0.5, through a callback) every epoch, keeps the best
+weights, stops early when the watched figure (val loss, or the metric) stops
+improving, never before ``min_epochs`` epochs and ``min_steps`` optimizer
+steps, and reports overfitting (train loss falling while val loss rises for N
+epochs in a row).
 Progress goes to a callback, cancellation comes from another; both are
 checked inside the loop so a server can show live curves and stop a round.
 """
@@ -33,6 +36,8 @@ class EpochStats:
     lr: float
     seconds: float
     images: int
+    val_metric: float | None = None  # accuracy (classification) or mAP@0.5 (detection) on validation
+    steps: int = 0  # optimizer steps so far, this epoch included
 
 
 @dataclass
@@ -40,6 +45,10 @@ class FitResult:
     history: list[EpochStats] = field(default_factory=list)
     best_epoch: int = -1
     best_val_loss: float = math.inf
+    best_val_metric: float | None = None
+    metric_name: str | None = None  # the name of EpochStats.val_metric
+    watched: str = "val_loss"  # what chose the kept epoch: val_loss, val_metric or train_loss
+    steps: int = 0
     stop_reason: str = "completed"  # completed | early_stopping | overfitting
     overfit: bool = False
     overfit_epoch: int | None = None
@@ -62,6 +71,9 @@ class FitOptions:
     amp: bool
     overfit_margin: float = 0.1
     warmup_steps: int = 20
+    min_epochs: int = 0
+    min_steps: int = 0
+    early_stop_on: str = "val_loss"  # or "val_metric"
 
 
 def pick_device(choice: str) -> torch.device:
@@ -127,10 +139,12 @@ def fit(model: nn.Module, train_loader, val_loader, task: str, opts: FitOptions,
         norm: Normalizer, class_weights: Tensor | None = None,
         on_epoch: Callable[[EpochStats], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
-        batch_augment: Callable[[Tensor], Tensor] | None = None) -> tuple[FitResult, dict]:
+        batch_augment: Callable[[Tensor], Tensor] | None = None,
+        val_metric: tuple[str, Callable[[nn.Module], float | None]] | None = None) -> tuple[FitResult, dict]:
     """Train and return the result and the best weights (a state dict on the CPU).
 
     ``batch_augment`` runs on each training batch on the device, before normalization.
+    ``val_metric`` is ``(name, fn)``: ``fn(model)`` measures the validation split after each epoch.
     """
     amp = opts.amp and device.type == "cuda"
     model.to(device)
@@ -139,59 +153,102 @@ def fit(model: nn.Module, train_loader, val_loader, task: str, opts: FitOptions,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     total_steps = opts.epochs * max(1, len(train_loader))
-    result, best_state, step, since_best, train_time, train_images = FitResult(), None, 0, 0, 0.0, 0
+    result, tracker = FitResult(metric_name=val_metric[0] if val_metric else None), _Best(opts)
+    state, best_state = {"step": 0, "train_time": 0.0, "train_images": 0}, None
     for epoch in range(opts.epochs):
         t0 = time.perf_counter()
-        _loss_mode(model, training=True)
-        running, seen = 0.0, 0
-        batches = _fetch_single_threaded(train_loader)
-        for images, targets in tqdm(batches, total=len(train_loader), desc=f"epoch {epoch + 1}/{opts.epochs}",
-                                    leave=False, disable=None):
-            if should_cancel is not None and should_cancel():
-                raise RoundCancelled(f"cancelled during epoch {epoch + 1}")
-            lr = lr_at(step, total_steps, opts.lr, min(opts.warmup_steps, total_steps // 5))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if batch_augment is not None:
-                images = batch_augment(images.to(device, non_blocking=True))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = compute_loss(model, norm(images), _to_device(targets, device), task, criterion)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 10.0)
-            optimizer.step()
-            running += float(loss.detach()) * len(images)
-            seen += len(images)
-            step += 1
-        train_time += time.perf_counter() - t0
-        train_images += seen
+        loss, seen, lr = _train_epoch(model, train_loader, task, opts, device, norm, criterion, optimizer, params,
+                                      state, total_steps, epoch, amp, should_cancel, batch_augment)
+        state["train_time"] += time.perf_counter() - t0
+        state["train_images"] += seen
         val_loss = evaluate_loss(model, val_loader, task, norm, val_criterion, amp) if val_loader else None
-        stats = EpochStats(epoch, running / max(1, seen), val_loss, lr, time.perf_counter() - t0, seen)
+        metric = val_metric[1](model) if val_metric is not None and val_loader is not None else None
+        stats = EpochStats(epoch, loss, val_loss, lr, time.perf_counter() - t0, seen, metric, state["step"])
         if not math.isfinite(stats.loss):
             raise TrainingError(f"the training loss became {stats.loss} in epoch {epoch + 1}: lower the learning "
                                 f"rate (now {opts.lr}) or check the labels")
         result.history.append(stats)
-        log.info("epoch %d/%d: loss %.4f, val loss %s, %.1f s", epoch + 1, opts.epochs, stats.loss,
-                 "-" if val_loss is None else f"{val_loss:.4f}", stats.seconds)
+        log.info("epoch %d/%d: loss %.4f, val loss %s%s, %.1f s", epoch + 1, opts.epochs, stats.loss,
+                 "-" if val_loss is None else f"{val_loss:.4f}",
+                 "" if metric is None else f", val {result.metric_name} {metric:.4f}", stats.seconds)
         if on_epoch is not None:
             on_epoch(stats)
-        # Without a validation split, the train loss is the only signal we have.
-        watched = val_loss if val_loss is not None else stats.loss
-        if watched < result.best_val_loss - opts.min_delta:
-            result.best_val_loss, result.best_epoch, since_best = watched, epoch, 0
+        if tracker.update(stats):
+            result.best_epoch = epoch
+            result.best_val_loss = val_loss if val_loss is not None else stats.loss
+            result.best_val_metric = metric
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        else:
-            since_best += 1
-        if is_overfitting(result.history, opts.overfit_epochs, opts.overfit_margin):
+        # Stopping early is only allowed once the model has had a fair number of updates.
+        may_stop = epoch + 1 >= opts.min_epochs and state["step"] >= opts.min_steps
+        if may_stop and is_overfitting(result.history, opts.overfit_epochs, opts.overfit_margin):
             result.overfit, result.overfit_epoch, result.stop_reason = True, epoch, "overfitting"
             break
-        if since_best >= opts.patience:
+        if may_stop and tracker.since_best >= opts.patience:
             result.stop_reason = "early_stopping"
             break
-    result.train_images_per_s = train_images / train_time if train_time > 0 else 0.0
+    result.watched, result.steps = tracker.watched, state["step"]
+    result.train_images_per_s = state["train_images"] / state["train_time"] if state["train_time"] > 0 else 0.0
     if best_state is None:
         best_state = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
     return result, best_state
+
+
+class _Best:
+    """Which epoch is best so far, and how many epochs since.
+
+    Lower val loss is better; with ``early_stop_on = "val_metric"`` a higher
+    metric is, ties (within ``min_delta``) going to the lower val loss. Without
+    a validation split the train loss is the only signal there is.
+    """
+
+    def __init__(self, opts: FitOptions) -> None:
+        self.on_metric = opts.early_stop_on == "val_metric"
+        self.min_delta = opts.min_delta
+        self.best: tuple[float, float] | None = None
+        self.since_best = 0
+        self.watched = "train_loss"
+
+    def update(self, stats: EpochStats) -> bool:
+        if stats.val_loss is None:
+            key, self.watched = (stats.loss, 0.0), "train_loss"
+        elif self.on_metric and stats.val_metric is not None:
+            key, self.watched = (-stats.val_metric, stats.val_loss), "val_metric"
+        else:
+            key, self.watched = (stats.val_loss, 0.0), "val_loss"
+        better = self.best is None or key[0] < self.best[0] - self.min_delta or \
+            (abs(key[0] - self.best[0]) <= self.min_delta and key[1] < self.best[1] - self.min_delta)
+        if better:
+            self.best, self.since_best = key, 0
+        else:
+            self.since_best += 1
+        return better
+
+
+def _train_epoch(model, loader, task, opts: FitOptions, device, norm, criterion, optimizer, params, state: dict,
+                 total_steps: int, epoch: int, amp: bool, should_cancel, batch_augment) -> tuple[float, int, float]:
+    """One pass over the loader; returns (mean train loss, images seen, last learning rate)."""
+    _loss_mode(model, training=True)
+    running, seen, lr = 0.0, 0, opts.lr
+    warmup = min(opts.warmup_steps, total_steps // 5)
+    for images, targets in tqdm(_fetch_single_threaded(loader), total=len(loader),
+                                desc=f"epoch {epoch + 1}/{opts.epochs}", leave=False, disable=None):
+        if should_cancel is not None and should_cancel():
+            raise RoundCancelled(f"cancelled during epoch {epoch + 1}")
+        lr = lr_at(state["step"], total_steps, opts.lr, warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if batch_augment is not None:
+            images = batch_augment(images.to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = compute_loss(model, norm(images), _to_device(targets, device), task, criterion)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 10.0)
+        optimizer.step()
+        running += float(loss.detach()) * len(images)
+        seen += len(images)
+        state["step"] += 1
+    return running / max(1, seen), seen, lr
 
 
 def _fetch_single_threaded(loader):

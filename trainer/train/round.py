@@ -112,8 +112,11 @@ def _loaders(examples, splits, plan: _Plan, config: TrainConfig, generator: torc
     train_ds.per_image_augment = aug.enabled and not batched
     weights = D.sample_weights(train_ds.examples, plan.task, config.balance == "sampler" or
                                (config.balance == "loss" and plan.task == "detection"), plan.round, config.new_weight)
+    per_epoch = samples_per_epoch(len(weights), config.batch_size, config.epochs, config.min_steps)
     if len(set(weights)) > 1:
-        sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
+        sampler = WeightedRandomSampler(weights, num_samples=per_epoch, replacement=True, generator=generator)
+    elif per_epoch > len(weights):
+        sampler = RandomSampler(train_ds, replacement=True, num_samples=per_epoch, generator=generator)
     else:
         sampler = RandomSampler(train_ds, generator=generator)
     workers = config.num_workers
@@ -122,11 +125,20 @@ def _loaders(examples, splits, plan: _Plan, config: TrainConfig, generator: torc
         workers = 1 if per_image_work and (os.cpu_count() or 1) >= 2 and not mp.current_process().daemon else 0
     train_ds.preload()  # decode once here so forked workers share the decoded images
     common = {"batch_size": config.batch_size, "collate_fn": D.collate(plan.task)}
-    train = DataLoader(train_ds, sampler=sampler, drop_last=len(train_ds) > config.batch_size,
+    train = DataLoader(train_ds, sampler=sampler, drop_last=len(sampler) > config.batch_size,
                        num_workers=workers, persistent_workers=workers > 0, **common)
     val = DataLoader(make("val", eval_tf), **common) if by_split["val"] else None
     test = DataLoader(make("test", eval_tf), **common) if by_split["test"] else None
     return train, val, test, by_split, batch_aug
+
+
+def samples_per_epoch(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
+    """Images drawn per epoch: the training set, or more when ``epochs`` passes over it would
+    take fewer than ``min_steps`` optimizer steps (then a whole number of full batches)."""
+    natural = n // batch_size if n > batch_size else 1  # full batches only, as drop_last does
+    if n == 0 or natural * epochs >= min_steps:
+        return n
+    return -(-min_steps // epochs) * batch_size
 
 
 def _imbalance(train_examples, plan: _Plan, config: TrainConfig) -> tuple[dict, torch.Tensor | None]:
@@ -153,6 +165,22 @@ def _test_metrics(model, loader, plan: _Plan, norm: Normalizer) -> dict:
     if plan.task == "classification":
         return classification_metrics(truths, preds, plan.labels)
     return detection_metrics(preds, truths, plan.labels)
+
+
+def _val_metric(loader, plan: _Plan, norm: Normalizer):
+    """(name, fn) measuring the validation split each epoch: accuracy, or mAP@0.5 for detection."""
+    if loader is None:
+        return None
+    name = "accuracy" if plan.task == "classification" else "map_50"
+
+    def measure(model) -> float | None:
+        was_training = model.training
+        try:
+            value = _test_metrics(model, loader, plan, norm).get(name)
+            return None if value is None else float(value)
+        finally:
+            model.train(was_training)
+    return name, measure
 
 
 def _card_metrics(task: str, test: dict) -> dict[str, float]:
@@ -189,11 +217,12 @@ def run_round(examples: Sequence[Example], config: TrainConfig, out_dir: str | P
     device = pick_device(config.device)
     norm = Normalizer(spec.mean, spec.std, device)
     opts = FitOptions(config.epochs, config.lr, config.weight_decay, config.patience, config.overfit_epochs,
-                      config.min_delta, config.amp, config.overfit_margin)
+                      config.min_delta, config.amp, config.overfit_margin, min_epochs=config.min_epochs,
+                      min_steps=config.min_steps, early_stop_on=config.early_stop_on)
     log.info("round %d: %s on %s, %s, imbalance %s", plan.round, plan.model, device,
              split_counts(examples, splits), imbalance)
     result, best = fit(model, train, val, plan.task, opts, device, norm, class_weights, on_epoch, should_cancel,
-                       batch_aug)
+                       batch_aug, val_metric=_val_metric(val, plan, norm))
     model.load_state_dict(best)
     test_metrics = _test_metrics(model, test, plan, norm)
     record = _record(examples, config, plan, splits, result, test_metrics, imbalance)
