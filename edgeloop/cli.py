@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "keys": ("trainer.publish.keys_cli", "trainer", "generate the Ed25519 model-signing key pair"),
     "publish": ("trainer.publish.publish_cli", "trainer", "sign and announce a model version to a cohort"),
     "rollback": ("trainer.publish.rollback_cli", "trainer", "re-announce an earlier model under a new version"),
+    "agents": ("trainer.fleet.cli", "trainer", "send commands to agents; push or roll back group configuration bundles"),
     "assist": ("trainer.assist.cli", "trainer", "import unlabelled images; pre-label them with a teacher model"),
     "replay": ("trainer.replay.cli", "trainer", "measure active-learning strategies on a labelled dataset"),
     "demo": ("edgeloop.demo", "trainer", "run the whole loop locally with embedded defaults"),

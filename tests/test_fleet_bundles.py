@@ -22,7 +22,7 @@ from protocol import ConfigBundle, encode
 from protocol.bundle import Bundle, sign_bundle
 from protocol.manifest import generate_keypair, load_private_key
 from protocol.topics import config_topic
-from test_fleet_commands import agent_config, fleet_server, reported
+from test_fleet_commands import agent_config, cli, fleet_server, reported
 from trainer.publish import keys
 
 pytestmark = pytest.mark.timeout(180)
@@ -162,3 +162,30 @@ def test_bundles_are_off_without_a_signing_key(tmp_path, broker):
         r = http.post("/api/groups/north/bundles", json={"settings": NEW})
         assert r.status_code == 404 and "signing key" in r.json()["detail"]
         assert http.get("/api/groups/north/bundles").json() == []
+
+
+def test_cli_pushes_lists_and_rolls_back(rig, tmp_path):
+    srv, http, agent, _, key, cfg = rig
+    settings = tmp_path / "north.toml"
+    settings.write_text('[sampling]\nper_minute = 4\nstrategies = [{ name = "entropy", threshold = 0.7 }]\n'
+                        '[uplink]\ntelemetry_period_s = 3.0\n')
+    pushed = cli(srv, "bundle", "push", "north", str(settings), "--note", "night shift", "--user", "bob")
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.startswith("north v1 by bob (night shift): ")
+    assert wait_until(lambda: _applied(agent, 1), timeout=20)
+    assert agent.cfg.sampling.per_minute == 4 and agent.cfg.sampling.strategies[0].name == "entropy"
+    settings.write_text("[sampling]\nper_minute = 9\n")
+    assert cli(srv, "bundle", "push", "north", str(settings)).returncode == 0
+    assert wait_until(lambda: _applied(agent, 2), timeout=20)
+    back = cli(srv, "bundle", "rollback", "north")
+    assert back.returncode == 0 and back.stdout.startswith("north v3 by ") and "(rollback to v1)" in back.stdout
+    assert wait_until(lambda: _applied(agent, 3), timeout=20) and agent.cfg.sampling.per_minute == 4
+    listing = cli(srv, "bundle", "list", "north", "--json")
+    assert [b["version"] for b in json.loads(listing.stdout)] == [3, 2, 1]
+    settings.write_text("[sampling]\nper_minute = -2\n")
+    refused = cli(srv, "bundle", "push", "north", str(settings))
+    assert refused.returncode == 1 and "422" in refused.stderr and "sampling.per_minute" in refused.stderr
+    settings.write_text("[sampling\n")
+    assert cli(srv, "bundle", "push", "north", str(settings)).returncode == 2
+    groups = cli(srv, "groups")
+    assert groups.returncode == 0 and "north: bundle v3; agent-1 (v3)" in groups.stdout

@@ -9,6 +9,10 @@ command (``answered``), and the test reads the outcome the server recorded.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -22,6 +26,7 @@ from trainer.server.embedded import EmbeddedServer
 
 pytestmark = pytest.mark.timeout(180)
 TOKEN = "fleet-test-token-0123456789"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
@@ -132,3 +137,29 @@ def test_a_stopped_agent_times_out_and_a_late_answer_is_not_invented(tmp_path, b
         # A command sent without waiting is "sent" until its deadline passes.
         sent = http.post("/api/agents/agent-3/commands", json={"action": "ping", "wait": False, "timeout_s": 300})
         assert sent.json()["state"] == "sent"
+
+
+def cli(srv, *argv: str) -> subprocess.CompletedProcess:
+    """``edgeloop agents ...`` in its own process against the running server."""
+    env = {**os.environ, "EDGELOOP_SERVER_TOKEN": TOKEN, "EDGELOOP_SERVER_URL": srv.url}
+    return subprocess.run([sys.executable, "-m", "edgeloop", "agents", *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_sends_commands_and_shows_the_answers(rig):
+    srv, http, *_ = rig
+    one = cli(srv, "command", "agent-1", "reload-config", "--user", "alice")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.startswith("agent-1: answered (c-") and "reload_config: sampling applied" in one.stdout
+    group = cli(srv, "command", "--group", "north", "ping", "--json")
+    assert group.returncode == 0, group.stderr
+    out = json.loads(group.stdout)
+    assert sorted(c["agent_id"] for c in out["commands"]) == ["agent-1", "agent-2"]
+    command_id = one.stdout.split("(", 1)[1].split(")", 1)[0]
+    assert http.get(f"/api/commands/{command_id}").json()["issued_by"] == "alice"
+    missing = cli(srv, "command", "ghost", "ping")
+    assert missing.returncode == 1 and "404" in missing.stderr and "ghost" in missing.stderr
+    both = cli(srv, "command", "agent-1", "--group", "north", "ping")
+    assert both.returncode == 2 and both.stdout == ""
+    bad = cli(srv, "command", "agent-1", "ping", "--token", "wrong-token-0123456789")
+    assert bad.returncode == 1 and "401" in bad.stderr
