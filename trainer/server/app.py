@@ -80,6 +80,27 @@ def _docs_behind_login(app: FastAPI, swagger: bool) -> None:
         return swagger_page("/openapi.json", "edgeloop API")
 
 
+ERROR_SCHEMA = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+
+
+def _document_rate_limit(app: FastAPI) -> None:
+    """Every authenticated operation can answer 401, and 429 (auth.py counts wrong tokens): say so once."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for op in operations.values():
+                if not isinstance(op, dict) or not ("401" in op.get("responses", {}) or op.get("security")):
+                    continue
+                body = {"application/json": {"schema": ERROR_SCHEMA}}
+                op["responses"].setdefault("401", {"description": "no or wrong credentials", "content": body})
+                op["responses"].setdefault("429", {"content": body, "description": "too many failed "
+                                                   "authentications from this address; see Retry-After"})
+        return schema
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
     """The app; ``token`` defaults to config/env (a generated one is logged)."""
     if token is None:
@@ -127,6 +148,7 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
         app.include_router(pages.router)
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _document_rate_limit(app)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_middleware(StrictJson)  # inside BodyLimit: it reads bodies that were already bounded
     app.add_middleware(BodyLimit, limit=config.http.max_body_bytes)
