@@ -56,6 +56,8 @@ class FleetWatch:
         self._views: dict[str, AgentView] = {}
         self._target: int | None = None
         self._lock = threading.Lock()
+        # Called with every Telemetry after it is recorded, on the caller's (paho's) thread: must not block.
+        self.telemetry_listeners: list[Callable[[Telemetry], None]] = []
 
     def on_message(self, topic: str, payload: bytes, _retained: bool) -> None:
         if not payload:  # a cleared retained status
@@ -74,6 +76,9 @@ class FleetWatch:
                 view.status, view.status_at = msg, now
             elif isinstance(msg, Telemetry):
                 self._telemetry(self._views.setdefault(msg.agent_id, AgentView(msg.agent_id)), msg)
+        if isinstance(msg, Telemetry):
+            for listener in self.telemetry_listeners:
+                listener(msg)
 
     def _telemetry(self, view: AgentView, t: Telemetry) -> None:
         if self._target is not None and t.model_version == self._target:

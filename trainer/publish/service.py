@@ -1,4 +1,4 @@
-"""Wire the publishing side together: registry, key, MQTT link, fleet watch, publisher, rollout.
+"""Wire the publishing side together: registry, key, MQTT link, fleet watch, publisher, rollout, drift.
 
 The server builds one ``PublishingService`` in its lifespan hook (and the
 ``edgeloop publish``/``rollback`` CLIs build a short-lived one)::
@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.topics import STATUS_FILTER, TELEMETRY_FILTER
+from trainer.drift.monitor import DriftConfig, DriftMonitor
 
 from .health import RolloutPolicy
 from .keys import load_signing_key
@@ -43,6 +44,7 @@ class PublishingConfig(BaseModel):
     mqtt_tls: bool = False
     mqtt_ca_file: str | None = None
     rollout: RolloutPolicy = RolloutPolicy()
+    drift: DriftConfig = DriftConfig()  # [publish.drift]: live confidence histograms vs each model's test split
 
 
 @dataclass
@@ -54,6 +56,7 @@ class PublishingService:
     publisher: Publisher
     controller: RolloutController
     owns_registry: bool
+    drift: DriftMonitor
 
     @classmethod
     def open(cls, config: PublishingConfig, data_dir: str | Path | None = None, registry: Registry | None = None,
@@ -78,13 +81,17 @@ class PublishingService:
             raise
         publisher = Publisher(registry, key, link, PublishConfig(base_url=config.base_url, expiry_s=config.expiry_s))
         controller = RolloutController(registry, publisher, watch, config.rollout)
-        svc = cls(config, registry, link, watch, publisher, controller, owns)
+        drift = DriftMonitor(registry, config.model_name, config.drift,
+                             lambda topic, payload: link.publish(topic, payload, qos=1), watch.status)
+        watch.telemetry_listeners.append(drift.on_telemetry)
+        svc = cls(config, registry, link, watch, publisher, controller, owns, drift)
         if resume:
             controller.resume_active()  # rollouts a stopped server left running or paused keep going
         return svc
 
     def close(self) -> None:
         self.controller.close()
+        self.drift.close()
         self.link.stop()
         if self.owns_registry:
             self.registry.close()

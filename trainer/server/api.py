@@ -224,4 +224,6 @@ def metrics_user(request: Request,
 @public.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics", responses=ERRORS)
 def metrics(request: Request, user: Annotated[str | None, Depends(metrics_user)]) -> str:
     svc = request.app.state.service
-    return prometheus_text(svc.metrics, svc.store.dead_letter_counts(), svc.store.queue_depth(), svc.store.count())
+    drift = getattr(svc.publishing, "drift", None)  # trainer.drift.monitor: PSI and alerts per agent
+    return (prometheus_text(svc.metrics, svc.store.dead_letter_counts(), svc.store.queue_depth(), svc.store.count())
+            + (drift.prometheus_text() if drift is not None else ""))

@@ -139,6 +139,9 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
 
     app.include_router(publish_routes.router)  # model downloads for agents: no token, published files only
     app.include_router(publish_routes.api_router(require_user))
+    from trainer.drift import routes as drift_routes
+
+    app.include_router(drift_routes.api_router(require_user))  # /api/drift (issue 14)
     try:
         pages = importlib.import_module("trainer.server.pages")
     except ModuleNotFoundError as e:

@@ -41,6 +41,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("dataset", "Dataset", "/dataset"),
     NavItem("fleet", "Fleet", "/fleet"),
     NavItem("models", "Models", "/models"),
+    NavItem("drift", "Drift", "/drift"),
 )
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
@@ -157,6 +158,14 @@ def dataset(request: Request) -> Response:
     if user is None:
         return _login_redirect(request)
     return _render(request, "dataset.html", "dataset", user)
+
+
+@router.get("/drift")
+def drift(request: Request) -> Response:
+    user = auth.current_user(request)
+    if user is None:
+        return _login_redirect(request)
+    return _render(request, "drift.html", "drift", user)
 
 
 @router.get("/fleet")

@@ -65,6 +65,8 @@ class Service:
         if cfg.publish:
             self.publishing = PublishingService.open(cfg.publish, registry=self.registry,
                                                      client_id=f"{cfg.mqtt.client_id}-publisher")
+            if self.fleet is not None:  # a drift alert may raise a group's sampling budget through its bundle
+                self.publishing.drift.attach_bundles(self.fleet.bundles)
         if cfg.rounds:
             rounds_cfg = cfg.rounds
             if rounds_cfg.work_dir is None:
