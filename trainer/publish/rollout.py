@@ -195,7 +195,7 @@ class RolloutController:
         if name is not None and status.get("name") != name:
             rows = self.registry.rollouts(name, limit=1)
             if not rows:
-                return {"state": "idle", "name": name}
+                return {"state": "idle"}
             row = rows[0]
             active = row["state"] in ("running", "paused")
             return {"state": row["state"] if active else "done", "name": name, **self._progress(Run.from_row(row)),
