@@ -193,8 +193,8 @@ class Rig:
     def stored(self) -> int:
         return (_query(self.store_db, "SELECT count(*) FROM samples") or [(0,)])[0][0]
 
-    def wait_stored(self, n: int) -> None:
-        _wait(f"{n} frames stored", lambda: self.stored() >= n, 60, *self.procs())
+    def wait_stored(self, n: int, timeout: float = 60) -> None:
+        _wait(f"{n} frames stored", lambda: self.stored() >= n, timeout, *self.procs())
 
     def kill_collector(self) -> None:
         self.collector.kill9()
@@ -208,7 +208,7 @@ class Rig:
             x.start()
 
     def without_persistence(self) -> None:
-        self.wait_stored(100)
+        self.wait_stored(100, timeout=180)  # four Python processes importing onnxruntime / FastAPI on 2 busy cores
         self.kill_collector()  # 1
         self.outage = _cut(self.proxies["fa"], OUTAGE_S)
         self.wait_stored(250)
