@@ -125,10 +125,6 @@ class Commander:
                                                       limit=len(command_ids))}
         return [found[i] for i in command_ids if i in found]
 
-    def recent(self, agent_id: str | None = None, batch: str | None = None, limit: int = 50) -> list[dict]:
-        self.store.db.write(lambda db: records.expire(db, self.clock()))
-        return records.commands(self.store.db.read(), agent_id=agent_id, batch=batch, limit=limit)
-
     # -- answers (paho's thread) --------------------------------------------------------------
 
     def on_status(self, status: Status) -> None:

@@ -4,11 +4,13 @@ Every route needs a logged-in user; the ones that change what agents do also
 go through ``require_publisher`` (the role they need once roles exist: today
 any user has it; the accounts work replaces its body). The fleet service is
 ``app.state.service.fleet`` (trainer/fleet/service.py); without MQTT it is
-absent and the routes answer 404 saying so.
+absent and the write routes answer 404 saying so; the group and bundle listings read the
+store and answer anyway.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -18,6 +20,7 @@ from protocol import Command
 from protocol.topics import ID_PATTERN
 from trainer.server.auth import require_user
 
+from . import records
 from .bundles import BundleError
 from .commands import MAX_TIMEOUT_S, CommandError
 
@@ -63,6 +66,37 @@ class RollbackIn(BaseModel):
     to: int | None = Field(None, ge=1, le=2**31, description="the version to go back to (default: the previous)")
 
 
+def _store(request: Request):
+    return request.app.state.service.store
+
+
+def _live(request: Request) -> dict[str, dict]:
+    """What agents' last Statuses say (tags, applied bundle); empty without the fleet service."""
+    fleet = getattr(request.app.state.service, "fleet", None)
+    return fleet.live() if fleet is not None else {}
+
+
+def groups_view(store, live: dict[str, dict]) -> list[dict[str, Any]]:
+    """Every group: its agents (with tags and the bundle version they report) and its newest bundle.
+
+    Read from the store, so it answers (without live details) on a server without MQTT too.
+    """
+    db = store.db.read()
+    out = []
+    for group, agents in records.groups(db).items():
+        newest = records.bundles(db, group, 1)
+        out.append({"group": group, "bundle": newest[0] if newest else None,
+                    "agents": [{"agent_id": a, **live.get(a, {})} for a in agents]})
+    return out
+
+
+def _commands(request: Request, **query) -> list[dict[str, Any]]:
+    """Commands from the store, past deadlines marked timed_out first (works without the fleet service)."""
+    store = _store(request)
+    store.db.write(lambda db: records.expire(db, time.time()))
+    return records.commands(store.db.read(), **query)
+
+
 def _fleet(request: Request):
     service = getattr(request.app.state, "service", None)
     fleet = getattr(service, "fleet", None)
@@ -103,7 +137,7 @@ def api_router() -> APIRouter:
     @api.get("/commands/{command_id}", summary="one command and its outcome (sent, answered, timed_out, failed)")
     def get_command(request: Request,
                     command_id: Annotated[str, Path(pattern=ID_PATTERN)]) -> dict[str, Any]:
-        found = _fleet(request).commander.get([command_id])
+        found = _commands(request, command_ids=[command_id], limit=1)
         if not found:
             raise HTTPException(404, f"no command {command_id!r}")
         return found[0]
@@ -112,16 +146,15 @@ def api_router() -> APIRouter:
     def list_commands(request: Request, agent_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
                       batch: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
                       limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
-        return _fleet(request).commander.recent(agent_id, batch, limit)
+        return _commands(request, agent_id=agent_id, batch=batch, limit=limit)
 
     @api.get("/groups", summary="agent groups with their agents (tags, applied bundle) and current bundle")
     def list_groups(request: Request) -> list[dict[str, Any]]:
-        fleet = _fleet(request)
-        return fleet.groups()
+        return groups_view(_store(request), _live(request))
 
     @api.get("/groups/{group}/bundles", summary="a group's configuration bundles, newest first")
     def list_bundles(request: Request, group: Group) -> list[dict[str, Any]]:
-        return _fleet(request).bundles.versions(group)
+        return records.bundles(_store(request).db.read(), group)
 
     @api.post("/groups/{group}/bundles", summary="sign and publish a new configuration bundle for a group")
     def push_bundle(request: Request, group: Group, body: BundleIn, user: Publisher) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from protocol import ProtocolError, Status, decode
 from protocol.topics import STATUS_FILTER
 from trainer.publish.mqttlink import MqttLink, MqttSettings
 
-from . import records
 from .bundles import Bundles
 from .commands import Commander
 
@@ -88,13 +87,3 @@ class FleetService:
     def live(self) -> dict[str, dict]:
         with self._lock:
             return {k: dict(v) for k, v in self._live.items()}
-
-    def groups(self) -> list[dict]:
-        """Every group: its agents (with tags and the bundle version they report) and its newest bundle."""
-        live = self.live()
-        out = []
-        for group, agents in records.groups(self.store.db.read()).items():
-            newest = self.bundles.versions(group, 1)
-            out.append({"group": group, "bundle": newest[0] if newest else None,
-                        "agents": [{"agent_id": a, **live.get(a, {})} for a in agents]})
-        return out

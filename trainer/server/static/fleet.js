@@ -46,7 +46,8 @@
       h("td.num", depth > 100 ? h("span.badge.warn", String(depth)) : String(depth)),
       h("td", { title: when(a.last_seen) }, ago(a.last_seen)),
       h("td.muted", (a.cohorts || []).join(", ") || "–"),
-      h("td.muted", a.detail || ""));
+      h("td.muted", a.detail || ""),
+      h("td", window.fleetOps ? window.fleetOps.agentCommand(a.agent_id) : ""));
   }
 
   async function refresh() {
@@ -58,7 +59,7 @@
       $("fleet-summary").textContent = `${online} of ${agents.length} agents online` +
         (stale ? ` · ${stale} stale` : "") + ` · updated ${new Date().toLocaleTimeString()}`;
       fill($("fleet-body"), agents.length ? agents.map(row)
-        : h("tr", h("td.muted", { colspan: 10 }, "No agent has reported yet.")));
+        : h("tr", h("td.muted", { colspan: 11 }, "No agent has reported yet.")));
       $("fleet-error").classList.add("hidden");
     } catch (err) {
       $("fleet-error").textContent = `Could not load the fleet: ${err.message}`;
