@@ -127,3 +127,23 @@ def test_export_refuses_a_store_holding_an_impossible_label(client: TestClient, 
                                       [json.dumps([*LABELS, "line1\nline2"])]))
     r = client.get("/api/export", headers=BEARER, params={"format": fmt})
     assert r.status_code == 422 and "line1" in r.json()["detail"], r.text
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(180)
+def test_the_dataset_page_lets_a_person_approve_or_dismiss_reported_labels(tmp_path: Path) -> None:
+    from test_ui_review import browser_page, login, running_server
+
+    with running_server(tmp_path / "data", "classification", labels=LABELS) as (base, store):
+        store.ingest_samples(_flood(1, 2))  # new0-0, new0-1
+        with browser_page() as (page, errors):
+            login(page, base, "/dataset")
+            page.wait_for_selector("#pending-table tr[data-label='new0-0']")
+            assert page.locator("#pending-table tbody tr").count() == 2
+            page.click("#pending-table tr[data-label='new0-0'] button.approve")
+            page.wait_for_selector("#pending-table tr[data-label='new0-0']", state="detached")
+            assert store.project().labels == (*LABELS, "new0-0")
+            page.click("#pending-table tr[data-label='new0-1'] button.dismiss")
+            page.wait_for_selector("#pending-panel.hidden", state="attached")
+            assert store.pending_labels() == [] and store.project().labels == (*LABELS, "new0-0")
+            assert not errors, errors

@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const { api, h, fill, colorFor } = edgeloop;
+  const { api, h, fill, colorFor, ago } = edgeloop;
   const $ = (id) => document.getElementById(id);
   const SPLITS = ["train", "val", "test", "unassigned"];
   const SEG = { train: "", val: ".seg-val", test: ".seg-test", unassigned: ".seg-un" };
@@ -77,6 +77,29 @@
     return h("div.clusters", shown, more);
   }
 
+  // Label names agents reported that the project does not know: a person decides (trainer/store/labels.py).
+  async function decide(action, name) {
+    try {
+      await api(`/api/labels/${action}`, { method: "POST", body: { name } });
+      await Promise.all([load(), loadPending()]);
+    } catch (err) {
+      fill($("pending"), h("div.notice.error", `Could not ${action} ${name}: ${err.message}`));
+    }
+  }
+
+  async function loadPending() {
+    const { pending, dropped } = await api("/api/labels/pending");
+    $("pending-panel").classList.toggle("hidden", !pending.length && !dropped);
+    const rows = pending.map((p) => h("tr", { dataset: { label: p.name } },
+      h("td", p.name), h("td.num", String(p.samples)), h("td", ago(p.last_seen)),
+      h("td", h("button.approve", { type: "button", onclick: () => decide("approve", p.name) }, "Add to labels"), " ",
+        h("button.dismiss", { type: "button", onclick: () => decide("dismiss", p.name) }, "Dismiss"))));
+    fill($("pending"), h("table.grid#pending-table",
+      h("thead", h("tr", h("th", "name"), h("th.num", "samples"), h("th", "last reported"), h("th", ""))),
+      h("tbody", rows)),
+    dropped ? h("div.muted", `${dropped} more reports did not fit the list.`) : null);
+  }
+
   async function load() {
     try {
       const stats = await api("/api/dataset/stats");
@@ -94,4 +117,8 @@
   }
 
   load();
+  loadPending().catch((err) => {
+    $("pending-panel").classList.remove("hidden");
+    fill($("pending"), h("div.notice.error", `Could not load the reported labels: ${err.message}`));
+  });
 })();
