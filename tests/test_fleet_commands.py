@@ -163,3 +163,19 @@ def test_cli_sends_commands_and_shows_the_answers(rig):
     assert both.returncode == 2 and both.stdout == ""
     bad = cli(srv, "command", "agent-1", "ping", "--token", "wrong-token-0123456789")
     assert bad.returncode == 1 and "401" in bad.stderr
+
+
+def test_rollback_is_answered_once_the_updater_has_done_it(tmp_path, broker):
+    """With updates on, the rollback runs on the updater's own thread; the answer waits for its result."""
+    with fleet_server(tmp_path, broker) as (srv, http):
+        cfg = agent_config(tmp_path, broker, "agent-4", ["north"], updates={"enabled": True})
+        with running(cfg):
+            assert wait_until(lambda: reported(srv, "agent-4"), timeout=30)
+            r = http.post("/api/agents/agent-4/commands", json={"action": "rollback"})
+            cmd = r.json()
+            assert cmd["state"] == "answered", cmd
+            assert cmd["answer"]["model_state"] == "failed"
+            assert "rollback refused: no previous model on disk" in cmd["answer"]["detail"]
+            ping = http.post("/api/agents/agent-4/commands", json={"action": "ping"}).json()
+            assert ping["state"] == "answered" and ping["id"] in ping["answer"]["answered"]
+            assert cmd["id"] not in ping["answer"]["answered"]  # each answer is given once
