@@ -52,8 +52,9 @@ def test_dataset_page_warns_about_suspicious_boxes(tmp_path: Path):
                 for i, (name, box) in enumerate(SUSPECTS.items())]
         store.add_examples(rows, task="detection", labels=["car"])
         found = [w for w in store.stats()["warnings"] if "boxes" in w]
-    assert len(found) == 4, found
+    assert len(found) == 5, found
     assert any("cover 90% or more of their image" in w for w in found)
+    assert "class 'car' has 5 boxes; at least 10 are needed to train" in found
 
 
 def _examples(tmp: Path) -> list[Example]:

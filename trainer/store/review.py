@@ -193,13 +193,14 @@ def undo(db: sqlite_utils.Database, user: str, now: float) -> int:
     return example_id
 
 
-def _warnings(counts: dict[str, dict[str, int]], labels: tuple[str, ...]) -> list[str]:
+def _warnings(counts: dict[str, dict[str, int]], labels: tuple[str, ...], task: str | None = None) -> list[str]:
     totals = {label: sum(counts.get(label, {}).values()) for label in labels} or \
         {k: sum(v.values()) for k, v in counts.items()}
+    unit = "boxes" if task == "detection" else "examples"  # detection counts objects, as the round does
     out = []
     for label, n in totals.items():
         if n < MIN_PER_CLASS:
-            out.append(f"class {label!r} has {n} examples; at least {MIN_PER_CLASS} are needed to train")
+            out.append(f"class {label!r} has {n} {unit}; at least {MIN_PER_CLASS} are needed to train")
     if len(totals) >= 2 and sum(totals.values()) > 0:
         top, n_top = max(totals.items(), key=lambda kv: kv[1])
         rest = [n for k, n in totals.items() if k != top]
@@ -237,7 +238,7 @@ def stats(db: sqlite_utils.Database, project: Project) -> dict:
                 f"is good and about {PRODUCTION} is production grade. Keep classes balanced, and add 30-50 "
                 "corrected errors per round rather than many similar images.")
     return {"task": project.task, "total": total, "counts": counts,
-            "warnings": _warnings(counts, project.labels) + _box_warnings(db),
+            "warnings": _warnings(counts, project.labels, project.task) + _box_warnings(db),
             "guidance": guidance, "duplicate_clusters": ranking.duplicate_clusters([(i, h) for i, h in hashes])}
 
 
