@@ -99,8 +99,8 @@ class Commander:
             if wait:
                 for e in events.values():
                     e.wait(max(0.0, deadline - self.clock()))
-            if self.clock() >= deadline:
-                self.store.db.write(lambda db: records.expire(db, deadline))
+            if (later := self.clock()) > deadline:
+                self.store.db.write(lambda db: records.expire(db, later))
         finally:
             with self._lock:
                 for command_id in events:
