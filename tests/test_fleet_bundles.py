@@ -189,3 +189,22 @@ def test_cli_pushes_lists_and_rolls_back(rig, tmp_path):
     assert cli(srv, "bundle", "push", "north", str(settings)).returncode == 2
     groups = cli(srv, "groups")
     assert groups.returncode == 0 and "north: bundle v3; agent-1 (v3)" in groups.stdout
+
+
+def test_without_the_broker_nothing_is_sent_or_stored(tmp_path, broker):
+    key = keys.generate(tmp_path / "keys")
+    with fleet_server(tmp_path, broker, key.private) as (srv, http):
+        cfg = agent_config(tmp_path, broker, "agent-1", ["north"], [str(key.public)])
+        with running(cfg):
+            assert wait_until(lambda: reported(srv, "agent-1"), timeout=30)
+        broker.kill()
+        assert wait_until(lambda: not srv.service.fleet.link.client.is_connected(), timeout=20)
+        r = http.post("/api/agents/agent-1/commands", json={"action": "ping"})
+        assert r.status_code == 503 and "nothing was sent" in r.json()["detail"]
+        r = http.post("/api/groups/north/bundles", json={"settings": NEW})
+        assert r.status_code == 503 and "nothing changed" in r.json()["detail"]
+        assert http.get("/api/commands").json() == [] and http.get("/api/groups/north/bundles").json() == []
+        broker.start()
+        assert wait_until(lambda: srv.service.fleet.link.client.is_connected(), timeout=30)
+        pushed = http.post("/api/groups/north/bundles", json={"settings": NEW})
+        assert pushed.status_code == 200 and pushed.json()["version"] == 1  # the failed push used no version
