@@ -174,38 +174,7 @@ def api_router(require_user: Callable[..., str] | None = None) -> APIRouter:
                  if isinstance(left.metrics.get(k), (int, float)) and isinstance(right.metrics.get(k), (int, float))}
         return {"a": _model(left, True), "b": _model(right, True), "metric_delta": delta}
 
-    @api.get("/{name}/rollout", summary="the staged rollout in progress or the last one: stage k of n, agents"
-             " per stage on the new version, hold left, health")
-    def rollout_status(request: Request, name: Name) -> dict[str, Any]:
-        return _service(request).controller.status(name)
-
-    def _rollout_action(request: Request, name: str, user: str, action: str) -> dict[str, Any]:
-        controller = _service(request).controller
-        done = {"pause": controller.pause, "resume": controller.resume, "abort": controller.abort}[action](name)
-        if not done:
-            state = controller.status(name).get("state")
-            raise HTTPException(409, f"no rollout of {name} to {action} (its rollout is {state})")
-        log.warning("%s: %s the rollout of %s", user, action, name)
-        return {"name": name, "action": action, **controller.status(name)}
-
-    @api.post("/{name}/rollout/pause", summary="freeze the rollout's hold: it stops widening (failures still halt)")
-    def rollout_pause(request: Request, name: Name, user: str = Depends(require_user)) -> dict[str, Any]:
-        return _rollout_action(request, name, user, "pause")
-
-    @api.post("/{name}/rollout/resume", summary="resume a paused rollout where its hold stopped")
-    def rollout_resume(request: Request, name: Name, user: str = Depends(require_user)) -> dict[str, Any]:
-        return _rollout_action(request, name, user, "resume")
-
-    @api.post("/{name}/rollout/abort", summary="abort the rollout in progress: halt and roll back")
-    def rollout_abort(request: Request, name: Name, user: str = Depends(require_user)) -> dict[str, Any]:
-        return _rollout_action(request, name, user, "abort")
-
-    @api.post("/{name}/rollout/cancel", summary="halt the rollout in progress and roll back")
-    def rollout_cancel(request: Request, name: Name, user: str = Depends(require_user)) -> dict[str, Any]:
-        cancelled = _service(request).controller.cancel_current(name)
-        if cancelled:
-            log.warning("%s cancelled the rollout of %s", user, name)
-        return {"cancelled": cancelled}
+    _rollout_routes(api, require_user)  # before "/{name}/{version}": "rollout" is no version
 
     @api.get("/{name}/{version}", summary="one model with its announcements and events")
     def get_model(registry: RegistryDep, name: Name, version: Version) -> dict[str, Any]:
@@ -275,3 +244,40 @@ def _round_routes(api: APIRouter, require_user: Callable[..., str]) -> None:
     @api.post("/rounds/cancel", summary="cancel the running round")
     def cancel_round(request: Request) -> dict[str, Any]:
         return {"cancelled": _rounds(request).cancel()}
+
+
+def _rollout_routes(api: APIRouter, require_user: Callable[..., str]) -> None:
+    """Where a staged rollout stands, and pause, resume, abort (cancel is the older name of abort)."""
+
+    @api.get("/{name}/rollout", summary="the staged rollout in progress or the last one: stage k of n, agents"
+             " per stage on the new version, hold left, health")
+    def rollout_status(request: Request, name: Name) -> dict[str, Any]:
+        return _service(request).controller.status(name)
+
+    def _rollout_action(request: Request, name: str, user: str, action: str) -> dict[str, Any]:
+        controller = _service(request).controller
+        done = {"pause": controller.pause, "resume": controller.resume, "abort": controller.abort}[action](name)
+        if not done:
+            state = controller.status(name).get("state")
+            raise HTTPException(409, f"no rollout of {name} to {action} (its rollout is {state})")
+        log.warning("%s: %s the rollout of %s", user, action, name)
+        return {"name": name, "action": action, **controller.status(name)}
+
+    @api.post("/{name}/rollout/pause", summary="freeze the rollout's hold: it stops widening (failures still halt)")
+    def rollout_pause(request: Request, name: Name, user: str = Depends(require_user)) -> dict[str, Any]:
+        return _rollout_action(request, name, user, "pause")
+
+    @api.post("/{name}/rollout/resume", summary="resume a paused rollout where its hold stopped")
+    def rollout_resume(request: Request, name: Name, user: str = Depends(require_user)) -> dict[str, Any]:
+        return _rollout_action(request, name, user, "resume")
+
+    @api.post("/{name}/rollout/abort", summary="abort the rollout in progress: halt and roll back")
+    def rollout_abort(request: Request, name: Name, user: str = Depends(require_user)) -> dict[str, Any]:
+        return _rollout_action(request, name, user, "abort")
+
+    @api.post("/{name}/rollout/cancel", summary="halt the rollout in progress and roll back")
+    def rollout_cancel(request: Request, name: Name, user: str = Depends(require_user)) -> dict[str, Any]:
+        cancelled = _service(request).controller.cancel_current(name)
+        if cancelled:
+            log.warning("%s cancelled the rollout of %s", user, name)
+        return {"cancelled": cancelled}
