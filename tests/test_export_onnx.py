@@ -106,3 +106,52 @@ def test_torchvision_detector_export_is_checked_detection_by_detection(tmp_path:
     got = read_card(tmp_path / "frcnn.onnx")
     assert got.output.type == "boxes_scores_labels" and got.output.label_offset == 1 and not got.output.normalized
     assert (got.input.mean, got.input.std) == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # it normalizes inside
+    assert got.embedding_output == "embedding"  # the FPN's coarsest map, pooled and projected
+    session = ort.InferenceSession(str(tmp_path / "frcnn.onnx"), providers=["CPUExecutionProvider"])
+    (emb,) = session.run(["embedding"], {"images": torch.rand(1, 3, 128, 128).numpy()})
+    assert emb.shape == (1, 128) and abs(float(np.linalg.norm(emb)) - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("name, size, dim", [("small_cnn", 32, 128), ("tiny_det", 64, 64),
+                                             ("mobilenet_v3_small", 64, 128)])
+def test_exported_models_output_a_named_compact_embedding(tmp_path: Path, name: str, size: int, dim: int):
+    """The second output: pooled features, projected to <= 128 dims, unit length, named in the card,
+    the same in onnxruntime as in torch, and the agent's runner returns it with each prediction."""
+    from agent.model import ModelRunner
+    from trainer.train.models import compact_embedding
+
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    model = build_model(spec, 3, size).eval()
+    card = build_card(spec, name, 1, ["a", "b", "c"], size, 0.3, {}, {})
+    assert card.embedding_output == "embedding"
+    sample = torch.rand(4, 3, size, size)
+    export_onnx(model, spec, card, tmp_path / "m.onnx", sample)
+    assert read_card(tmp_path / "m.onnx").embedding_output == "embedding"
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()][-1] == "embedding"
+    (emb,) = session.run(["embedding"], {"images": sample.numpy()})
+    assert emb.shape == (4, dim)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(emb[0], emb[1])  # it depends on the image
+    # the model itself carries no hook afterwards: a plain forward is unchanged and captures nothing
+    with torch.no_grad():
+        out = model(sample) if spec.kind == "logits" else model.dense(sample)
+    assert out is not None and not model.get_submodule(spec.embedding[0])._forward_hooks
+    # the agent's runtime reads it by the card's name
+    image = (np.random.default_rng(0).random((48, 40, 3)) * 255).astype(np.uint8)
+    pred = ModelRunner.load(tmp_path / "m.onnx", ["cpu"]).infer(image)
+    assert pred.embedding is not None and pred.embedding.shape == (dim,)
+    # wide features are projected by the same fixed matrix every time
+    wide = torch.rand(2, 576)
+    np.testing.assert_allclose(compact_embedding(wide), compact_embedding(wide))
+
+
+def test_a_model_without_an_embedding_tap_exports_as_before(tmp_path: Path):
+    spec = ModelSpec("plain", "classification", lambda c, s: nn.Sequential(nn.Conv2d(3, c, 3), nn.AdaptiveAvgPool2d(1),
+                                                                            nn.Flatten()), 16, "logits")
+    card = build_card(spec, "plain", 0, ["a", "b"], 16, 0.5, {}, {})
+    assert card.embedding_output is None
+    export_onnx(spec.build(2, 16).eval(), spec, card, tmp_path / "p.onnx", torch.rand(2, 3, 16, 16))
+    session = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits"]

@@ -2,7 +2,10 @@
 
 The exported graph takes normalized NCHW float input named ``images``; what
 comes out depends on the model's ``kind`` and is described exactly by the
-card's output spec, so an agent needs nothing but the file.
+card's output spec, so an agent needs nothing but the file. Models whose spec
+says where to tap features also output ``embedding`` ([B, D], L2-normalized,
+D <= 128: see ``trainer.train.models.EmbeddingTap``), named in the card's
+``embedding_output``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from protocol.modelcard import (CARD_METADATA_KEY, BoxesScoresLabelsOutput, Clas
                                 ModelCard, SSDOutput)
 from trainer.train.checkpoint import atomic_write_bytes
 from trainer.train.errors import ExportMismatch, TrainingError
-from trainer.train.models import ModelSpec
+from trainer.train.models import EmbeddingTap, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,23 @@ class _TorchvisionDet(nn.Module):
         return out["boxes"], out["scores"], out["labels"]
 
 
+class _WithEmbedding(nn.Module):
+    """The graph's own outputs, then the embedding tapped from the same forward pass."""
+
+    def __init__(self, graph: nn.Module, model: nn.Module, where: tuple[str, str]):
+        super().__init__()
+        self.graph = graph
+        self.tap = EmbeddingTap(model, where)
+
+    def forward(self, images: torch.Tensor):
+        out = self.graph(images)
+        out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+        return (*out, self.tap.embedding())
+
+
+EMBEDDING_OUTPUT = "embedding"
+
+
 def build_card(spec: ModelSpec, name: str, version: int, labels: Sequence[str], input_size: int,
                score_threshold: float, metrics: dict[str, float], training: dict) -> ModelCard:
     inp = InputSpec(name="images", width=input_size, height=input_size, layout="NCHW", color="RGB",
@@ -60,17 +80,24 @@ def build_card(spec: ModelSpec, name: str, version: int, labels: Sequence[str], 
         output = BoxesScoresLabelsOutput(boxes="boxes", scores="scores", labels="labels", box_format="xyxy",
                                          normalized=False, label_offset=1, score_threshold=score_threshold)
     return ModelCard(name=name, version=version, task=spec.task, labels=tuple(labels), input=inp, output=output,
-                     metrics=metrics, training=training)
+                     embedding_output=EMBEDDING_OUTPUT if spec.embedding else None, metrics=metrics,
+                     training=training)
 
 
 def _graph(spec: ModelSpec, model: nn.Module) -> tuple[nn.Module, list[str], dict]:
     if spec.kind == "logits":
-        return model, ["logits"], {"images": {0: "batch"}, "logits": {0: "batch"}}
-    if spec.kind == "dense":
-        return _Dense(model), ["boxes", "scores"], {"images": {0: "batch"}, "boxes": {0: "batch"},
-                                                     "scores": {0: "batch"}}
-    return _TorchvisionDet(model), ["boxes", "scores", "labels"], {"boxes": {0: "n"}, "scores": {0: "n"},
-                                                                    "labels": {0: "n"}}
+        graph, names, dynamic = model, ["logits"], {"images": {0: "batch"}, "logits": {0: "batch"}}
+    elif spec.kind == "dense":
+        graph, names, dynamic = _Dense(model), ["boxes", "scores"], {"images": {0: "batch"}, "boxes": {0: "batch"},
+                                                                      "scores": {0: "batch"}}
+    else:
+        graph, names, dynamic = _TorchvisionDet(model), ["boxes", "scores", "labels"], {
+            "boxes": {0: "n"}, "scores": {0: "n"}, "labels": {0: "n"}}
+    if spec.embedding is None:
+        return graph, names, dynamic
+    if "images" in dynamic:
+        dynamic[EMBEDDING_OUTPUT] = {0: "batch"}
+    return _WithEmbedding(graph, model, spec.embedding), names + [EMBEDDING_OUTPUT], dynamic
 
 
 def export_onnx(model: nn.Module, spec: ModelSpec, card: ModelCard, path: Path, sample: torch.Tensor,
@@ -79,10 +106,27 @@ def export_onnx(model: nn.Module, spec: ModelSpec, card: ModelCard, path: Path, 
 
     Raises ``ExportMismatch`` (and writes nothing) when onnxruntime disagrees.
     """
-    import onnx
-
     model = model.cpu().eval()
     graph, output_names, dynamic = _graph(spec, model)
+    try:
+        data = _export_bytes(graph, sample, output_names, dynamic, opset, card)
+        # Filtered detector outputs: scores near torchvision's own tiny threshold may flip
+        # between runtimes, so compare what an agent would keep.
+        keep = card.output.score_threshold if spec.kind == "torchvision_det" else None
+        report = verify(graph, data, sample, output_names, atol, rtol, keep)
+    finally:
+        if isinstance(graph, _WithEmbedding):
+            graph.tap.remove()  # the trained model goes on without the hook
+    atomic_write_bytes(Path(path), data)
+    if Path(str(path) + ".data").exists():
+        raise TrainingError(f"{path}.data exists: the model must be a single file")
+    return report
+
+
+def _export_bytes(graph: nn.Module, sample: torch.Tensor, output_names: list[str], dynamic: dict, opset: int,
+                  card: ModelCard) -> bytes:
+    import onnx
+
     # A fresh wrapper is in train mode, and the exporter restores that mode on
     # everything inside it afterwards: evaluate in eval mode or BN uses batch stats.
     graph.eval()
@@ -101,15 +145,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, card: ModelCard, path: Path, 
     entry = proto.metadata_props.add()
     entry.key, entry.value = CARD_METADATA_KEY, card.to_json()
     onnx.checker.check_model(proto)
-    data = proto.SerializeToString()
-    # Filtered detector outputs: scores near torchvision's own tiny threshold may flip
-    # between runtimes, so compare what an agent would keep.
-    keep = card.output.score_threshold if spec.kind == "torchvision_det" else None
-    report = verify(graph, data, sample, output_names, atol, rtol, keep)
-    atomic_write_bytes(Path(path), data)
-    if Path(str(path) + ".data").exists():
-        raise TrainingError(f"{path}.data exists: the model must be a single file")
-    return report
+    return proto.SerializeToString()
 
 
 def verify(graph: nn.Module, onnx_bytes: bytes, images: torch.Tensor, output_names: list[str],
@@ -117,8 +153,8 @@ def verify(graph: nn.Module, onnx_bytes: bytes, images: torch.Tensor, output_nam
     """Run the same images through torch and onnxruntime; raise if any output differs.
 
     With ``score_keep``, the graph takes one image and returns (boxes, scores,
-    labels): images go one at a time and only detections scoring at least
-    that much are compared.
+    labels) and maybe an embedding: images go one at a time and only
+    detections scoring at least that much are compared (the embedding whole).
     """
     import onnxruntime as ort
 
@@ -133,9 +169,11 @@ def verify(graph: nn.Module, onnx_bytes: bytes, images: torch.Tensor, output_nam
         expected = [e.numpy() for e in expected]
         got = session.run(output_names, {"images": batch.numpy().astype(np.float32)})
         if score_keep is not None:
-            expected = [x[expected[1] >= score_keep] for x in expected]
-            got = _pair_detections(expected, [x[got[1] >= score_keep] for x in got], atol, rtol)
+            extra_e, extra_g = expected[3:], got[3:]
+            expected = [x[expected[1] >= score_keep] for x in expected[:3]]
+            got = _pair_detections(expected, [x[got[1] >= score_keep] for x in got[:3]], atol, rtol)
             compared += len(expected[1])
+            expected, got = expected + extra_e, got + extra_g
         worst = max(worst, _compare(output_names, expected, got, atol, rtol))
     report = {"images": len(images), "max_abs_diff": worst, "atol": atol, "rtol": rtol}
     if score_keep is not None:

@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,6 +38,8 @@ class ModelSpec:
     or ``torchvision_det`` (torchvision detector: filtered boxes, scores,
     labels in input pixels, batch of one). ``mean``/``std`` are applied to
     [0, 1] pixels before the model; torchvision detectors normalize inside.
+    ``embedding`` says where the exported embedding comes from: ``(module
+    name, "input" | "output")`` (see ``embedding_of``), or None for none.
     """
 
     name: str
@@ -46,6 +49,7 @@ class ModelSpec:
     kind: Literal["logits", "dense", "torchvision_det"]
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    embedding: tuple[str, Literal["input", "output"]] | None = None
 
 
 class SmallCNN(nn.Module):
@@ -92,18 +96,79 @@ def _tiny_det(num_classes: int, input_size: int) -> nn.Module:
 
 
 BUILTIN: dict[str, ModelSpec] = {s.name: s for s in [
-    ModelSpec("small_cnn", "classification", lambda c, _s: SmallCNN(c), 64, "logits", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-    ModelSpec("mobilenet_v3_small", "classification", _torchvision_cls("mobilenet_v3_small"), 224, "logits"),
-    ModelSpec("mobilenet_v3_large", "classification", _torchvision_cls("mobilenet_v3_large"), 224, "logits"),
-    ModelSpec("resnet18", "classification", _torchvision_cls("resnet18"), 224, "logits"),
-    ModelSpec("efficientnet_b0", "classification", _torchvision_cls("efficientnet_b0"), 224, "logits"),
-    ModelSpec("tiny_det", "detection", _tiny_det, 128, "dense", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    ModelSpec("small_cnn", "classification", lambda c, _s: SmallCNN(c), 64, "logits", (0.5, 0.5, 0.5),
+              (0.25, 0.25, 0.25), embedding=("head", "input")),
+    ModelSpec("mobilenet_v3_small", "classification", _torchvision_cls("mobilenet_v3_small"), 224, "logits",
+              embedding=("classifier", "input")),
+    ModelSpec("mobilenet_v3_large", "classification", _torchvision_cls("mobilenet_v3_large"), 224, "logits",
+              embedding=("classifier", "input")),
+    ModelSpec("resnet18", "classification", _torchvision_cls("resnet18"), 224, "logits", embedding=("fc", "input")),
+    ModelSpec("efficientnet_b0", "classification", _torchvision_cls("efficientnet_b0"), 224, "logits",
+              embedding=("classifier", "input")),
+    ModelSpec("tiny_det", "detection", _tiny_det, 128, "dense", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
+              embedding=("backbone", "output")),
     ModelSpec("ssdlite320_mobilenet_v3_large", "detection", _torchvision_det("ssdlite320_mobilenet_v3_large"),
-              320, "torchvision_det", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+              320, "torchvision_det", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), embedding=("backbone", "output")),
     ModelSpec("fasterrcnn_mobilenet_v3_large_320_fpn", "detection",
               _torchvision_det("fasterrcnn_mobilenet_v3_large_320_fpn"), 320, "torchvision_det",
-              (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+              (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), embedding=("backbone", "output")),
 ]}
+EMBEDDING_DIM = 128  # wider pooled features are projected down to this many dimensions
+
+
+class EmbeddingTap:
+    """Captures a module's input or output during a forward pass and makes it a compact embedding.
+
+    Used by the export wrappers: the model runs once, as it would anyway,
+    and the tapped features become a second output, so an embedding costs
+    no second pass through the backbone. Feature maps are globally
+    average-pooled (for a dict of maps, e.g. an FPN, the last, coarsest one);
+    more than ``EMBEDDING_DIM`` channels are projected down by a fixed random
+    Gaussian matrix (seeded, so every export of the same width projects the
+    same way; distances survive within a few percent, Johnson-Lindenstrauss);
+    the result is L2-normalized, so its components lie in [-1, 1] and
+    quantize to int8 without a scale (protocol.embedding).
+    """
+
+    def __init__(self, model: nn.Module, where: tuple[str, str]) -> None:
+        name, side = where
+        try:
+            module = model.get_submodule(name)
+        except AttributeError as e:
+            raise TrainingError(f"the model has no module {name!r} to take an embedding from") from e
+        self.captured: torch.Tensor | None = None
+
+        def hook(_module, args, output):
+            self.captured = args[0] if side == "input" else output
+        self._handle = module.register_forward_hook(hook)
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def embedding(self) -> torch.Tensor:
+        if self.captured is None:
+            raise TrainingError("the embedding module did not run in the forward pass")
+        return compact_embedding(self.captured)
+
+
+def compact_embedding(features) -> torch.Tensor:
+    """[B, C, H, W] or [B, C] features (or a dict of maps: the last) -> L2-normalized [B, <= EMBEDDING_DIM]."""
+    if isinstance(features, dict):
+        features = list(features.values())[-1]
+    if features.dim() == 4:
+        features = features.mean(dim=(2, 3))
+    features = features.flatten(1).float()
+    width = int(features.shape[1])  # a constant in a traced graph: the model's width never changes
+    if width > EMBEDDING_DIM:
+        features = features @ projection(width).to(features.device)
+    return nn.functional.normalize(features, dim=1)
+
+
+def projection(width: int) -> torch.Tensor:
+    """The fixed [width, EMBEDDING_DIM] random projection for features of ``width`` channels."""
+    # numpy, not torch.randn: under the ONNX exporter's tracing this must be a constant, not an op
+    m = np.random.default_rng(width).standard_normal((width, EMBEDDING_DIM)).astype(np.float32)
+    return torch.from_numpy(m / EMBEDDING_DIM ** 0.5)
 
 
 def available_models(task: str | None = None) -> list[str]:
