@@ -10,6 +10,8 @@ with its reason in the agent's Status while the previous settings keep running.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -22,7 +24,7 @@ from protocol import ConfigBundle, encode
 from protocol.bundle import Bundle, sign_bundle
 from protocol.manifest import generate_keypair, load_private_key
 from protocol.topics import config_topic
-from test_fleet_commands import agent_config, cli, fleet_server, reported
+from test_fleet_commands import ROOT, agent_config, cli, fleet_server, reported
 from trainer.publish import keys
 
 pytestmark = pytest.mark.timeout(180)
@@ -208,3 +210,23 @@ def test_without_the_broker_nothing_is_sent_or_stored(tmp_path, broker):
         assert wait_until(lambda: srv.service.fleet.link.client.is_connected(), timeout=30)
         pushed = http.post("/api/groups/north/bundles", json={"settings": NEW})
         assert pushed.status_code == 200 and pushed.json()["version"] == 1  # the failed push used no version
+
+
+def test_an_agent_process_applies_a_bundle_and_answers_a_command(tmp_path, broker):
+    """The agent as deployed: ``edgeloop agent --config`` in its own process."""
+    key = keys.generate(tmp_path / "keys")
+    with fleet_server(tmp_path, broker, key.private) as (srv, http):
+        cfg = agent_config(tmp_path, broker, "agent-p", ["west"], [str(key.public)])
+        proc = subprocess.Popen([sys.executable, "-m", "edgeloop", "agent", "--config", str(cfg), "--seed", "1"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_until(lambda: reported(srv, "agent-p"), timeout=60), proc.stderr
+            assert http.post("/api/groups/west/bundles", json={"settings": NEW}).status_code == 200
+            assert wait_until(lambda: _live(http, "agent-p").get("config_version") == 1, timeout=30)
+            ping = http.post("/api/agents/agent-p/commands", json={"action": "ping"}).json()
+            assert ping["state"] == "answered"
+            assert (ping["answer"]["config_group"], ping["answer"]["config_version"]) == ("west", 1)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        assert json.loads((tmp_path / "agent-p" / "data" / "config-bundle.json").read_text())["signature"]
