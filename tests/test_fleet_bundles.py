@@ -20,7 +20,7 @@ from agent.config import load_config
 from agent.pipeline import Agent
 from agent_helpers import running
 from mqtt_util import publish, wait_until
-from protocol import ConfigBundle, encode
+from protocol import Command, ConfigBundle, encode
 from protocol.bundle import Bundle, sign_bundle
 from protocol.manifest import generate_keypair, load_private_key
 from protocol.topics import config_topic
@@ -230,3 +230,22 @@ def test_an_agent_process_applies_a_bundle_and_answers_a_command(tmp_path, broke
             proc.terminate()
             proc.wait(30)
         assert json.loads((tmp_path / "agent-p" / "data" / "config-bundle.json").read_text())["signature"]
+
+
+def test_reload_config_lays_the_bundle_over_the_new_file(tmp_path, broker):
+    """No connection needed: the agent object is built, not started; the bundle is handed to it directly."""
+    key = keys.generate(tmp_path / "keys")
+    cfg = agent_config(tmp_path, broker, "agent-r", ["north"], [str(key.public)])
+    agent = Agent(load_config(cfg), cfg)
+    try:
+        good = key.private.read_bytes()
+        assert agent.bundles.receive(ConfigBundle(*_forged("north", 1, {"sampling": {"per_minute": 7}}, good)))
+        cfg.write_text(cfg.read_text().replace("per_hour = 100000", "per_hour = 50"))
+        agent.handle_command(Command("c-1", "reload_config", time.time()))
+        assert (agent.cfg.sampling.per_minute, agent.cfg.sampling.per_hour) == (7, 50)
+        assert agent.sampler.cfg.per_hour == 50 and agent.file_cfg.sampling.per_minute != 7
+        status = agent.status("online")
+        assert status.answered == ("c-1",) and status.config_version == 1
+        assert agent.status("online").answered == ()  # answered once
+    finally:
+        agent.outbox.close()
