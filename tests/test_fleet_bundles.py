@@ -94,7 +94,8 @@ def test_invalid_settings_are_refused_by_the_server_and_nothing_is_published(rig
                             ({"sampling": {"seed": 4}}, "sampling.seed: cannot change live"),
                             ({"model": {"path": "/tmp/x.onnx"}}, "model: not a section"),
                             ({"uplink": {"telemetry_period_s": "soon"}}, "uplink.telemetry_period_s"),
-                            ({"sampling": {"strategies": [{"name": "margin", "treshold": 0.1}]}}, "treshold")):
+                            ({"sampling": {"strategies": [{"name": "margin", "treshold": 0.1}]}}, "treshold"),
+                            ({"sampling": {"classes": ["c" * 60] * 2000}}, "bytes > 65536")):
         r = http.post("/api/groups/north/bundles", json={"settings": settings})
         assert r.status_code == 422 and where in r.json()["detail"], (settings, r.text)
     assert http.post("/api/groups/north/bundles", json={"settings": {}, "extra": 1}).status_code == 422

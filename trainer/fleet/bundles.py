@@ -24,7 +24,7 @@ import time
 from typing import Callable
 
 from agent.bundles import BundleInvalid, check_settings
-from protocol import ConfigBundle, encode
+from protocol import ConfigBundle, ProtocolError, encode
 from protocol.bundle import Bundle, sign_bundle
 from protocol.topics import config_topic
 
@@ -64,8 +64,11 @@ class Bundles:
             now = self.clock()
             bundle = Bundle(group=group, version=version, settings=settings, created=int(now),
                             parent_version=parent_version, note=note[:512], author=user[:64])
-            data, signature = sign_bundle(bundle, self.key)
-            payload = encode(ConfigBundle(data, signature))
+            try:
+                data, signature = sign_bundle(bundle, self.key)
+                payload = encode(ConfigBundle(data, signature))
+            except ProtocolError as e:  # e.g. over the 64 KiB a bundle may hold
+                raise BundleError(422, f"cannot make a bundle of these settings: {e.detail}") from e
             self.store.db.write(lambda db: records.insert_bundle(db, group, version, settings, data, signature, now,
                                                                  user, note[:512], parent_version))
             try:
