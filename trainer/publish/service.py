@@ -83,9 +83,9 @@ class PublishingService:
         controller = RolloutController(registry, publisher, watch, config.rollout)
         drift = DriftMonitor(registry, config.model_name, config.drift,
                              lambda topic, payload: link.publish(topic, payload, qos=1), watch.status)
-        watch.telemetry_listeners.append(drift.on_telemetry)
         svc = cls(config, registry, link, watch, publisher, controller, owns, drift)
-        if resume:
+        if resume:  # the server; the short-lived CLIs neither resume rollouts nor raise drift alerts
+            watch.telemetry_listeners.append(drift.on_telemetry)
             controller.resume_active()  # rollouts a stopped server left running or paused keep going
         return svc
 
