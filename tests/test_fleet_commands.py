@@ -114,7 +114,8 @@ def test_bad_commands_are_refused_and_nothing_is_sent(rig):
     assert r.status_code == 404 and "no-such-agent" in r.json()["detail"]
     assert http.post("/api/groups/nobody/commands", json={"action": "ping"}).status_code == 404
     for body in ({"action": "reboot"}, {"action": "ping", "extra": 1}, {"action": "ping", "timeout_s": -1},
-                 {"action": "ping", "args": {"x": "y" * 2000}}, {}):
+                 {"action": "ping", "args": {"x": "y" * 2000}},
+                 {"action": "ping", "args": {"x": [1]}}, {}):
         r = http.post("/api/agents/agent-1/commands", json=body)
         assert r.status_code == 422, (body, r.text)
     assert http.post("/api/agents/bad%2Fid/commands", json={"action": "ping"}).status_code in (404, 422)

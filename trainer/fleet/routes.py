@@ -27,7 +27,7 @@ from .commands import MAX_TIMEOUT_S, CommandError
 AgentId = Annotated[str, Path(pattern=ID_PATTERN, description="the agent id")]
 Group = Annotated[str, Path(pattern=ID_PATTERN, description="the agent group (an agent config's groups)")]
 Action = Literal[Command.ACTIONS]  # type: ignore[valid-type]
-Scalar = bool | int | float | Annotated[str, Field(max_length=1024)] | None
+Scalar = bool | Annotated[int, Field(ge=-2**63, le=2**63 - 1)] | float | Annotated[str, Field(max_length=1024)] | None
 
 
 class ErrorOut(BaseModel):
