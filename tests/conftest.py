@@ -1,9 +1,22 @@
-"""Shared fixtures: a real MQTT broker per test, paths to optional shared data."""
+"""Shared fixtures: a real MQTT broker per test, both store backends, paths to optional shared data.
+
+Store backends: every test in a module named in ``BOTH_BACKENDS`` runs twice,
+``[sqlite]`` and ``[postgresql]``. The PostgreSQL run gets a schema of its own
+in a database this session creates (random name, dropped at the end) on the
+server at ``$EDGELOOP_TEST_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``),
+and ``$EDGELOOP_STORE_URL`` points at it, so every ``Store``, ``Registry`` and
+server the test opens, in this process or a child, uses it. A test that asks
+for ``store_url`` gets that URL (``None`` on SQLite). Without a server the
+``[postgresql]`` runs skip, unless ``EDGELOOP_REQUIRE_POSTGRES`` is set (CI).
+A test that reads the SQLite file itself is marked ``sqlite_only``.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,6 +37,93 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("EDGELOOP_REQUIRE_MOSQUITTO") and not LocalBroker(ROOT / "build").mosquitto:
         raise pytest.UsageError("EDGELOOP_REQUIRE_MOSQUITTO is set but mosquitto is not installed")
+    config.addinivalue_line("markers", "sqlite_only: reads the SQLite file itself; not run on PostgreSQL")
+    if os.environ.get("EDGELOOP_REQUIRE_POSTGRES") and _pg_problem() is not None:
+        raise pytest.UsageError(f"EDGELOOP_REQUIRE_POSTGRES is set but {_pg_problem()}")
+
+
+# Modules whose every test runs on both store backends (store, ingest, API, rounds, registry).
+BOTH_BACKENDS = re.compile(r"^test_(store_.*|ingest_.*|api_.*|rounds_.*|publish_registry|train_registry|queue_order"
+                           r"|hardening_frame_owner|hardening_labels|hardening_presence)\.py$")
+PG_ADMIN_URL = os.environ.get("EDGELOOP_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+_pg_state: dict = {}
+
+
+def _pg_problem() -> str | None:
+    """Why PostgreSQL cannot be used here (None when it can); asked once per session."""
+    if "problem" not in _pg_state:
+        try:
+            import psycopg
+
+            psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
+            _pg_state["problem"] = None
+        except Exception as e:  # no driver, no server, refused: all mean "skip" (or fail under CI)
+            _pg_state["problem"] = f"PostgreSQL at {PG_ADMIN_URL} is not usable: {str(e).strip()[:200]}"
+    return _pg_state["problem"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_backend" in metafunc.fixturenames and BOTH_BACKENDS.match(metafunc.module.__name__.rsplit(".", 1)[-1]
+                                                                         + ".py"):
+        metafunc.parametrize("store_backend", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_database():
+    """A database of this session's own on the test server (dropped at the end); its URL."""
+    problem = _pg_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    import psycopg
+
+    name = f"edgeloop_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(autouse=True)
+def store_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``sqlite`` or ``postgresql`` (see the module docstring); sqlite where a module is not parametrized."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "postgresql":
+        if request.node.get_closest_marker("sqlite_only"):
+            pytest.skip("reads the SQLite file itself")
+        base = request.getfixturevalue("pg_database")
+        import psycopg
+
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        monkeypatch.setenv("EDGELOOP_STORE_URL", f"{base}?options=-csearch_path%3D{schema}")
+    else:
+        monkeypatch.delenv("EDGELOOP_STORE_URL", raising=False)
+    return backend
+
+
+@pytest.fixture
+def another_store_url(store_backend: str):
+    """``another_store_url()``: a second, empty store for tests that open two (None on SQLite: use another folder)."""
+    def make() -> str | None:
+        url = os.environ.get("EDGELOOP_STORE_URL")
+        if url is None:
+            return None
+        import psycopg
+
+        base = url.split("?", 1)[0]
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        return f"{base}?options=-csearch_path%3D{schema}"
+    return make
+
+
+@pytest.fixture
+def store_url(store_backend: str) -> str | None:
+    """The PostgreSQL URL this test's stores open, or None on SQLite (their data folder's file)."""
+    return os.environ.get("EDGELOOP_STORE_URL")
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def test_an_agent_cannot_claim_another_agents_frame_id(broker, tmp_path: Path) -
         svc.stop()
 
 
-def test_the_store_never_receipts_a_frame_id_stored_by_another_agent(tmp_path: Path) -> None:
+def test_the_store_never_receipts_a_frame_id_stored_by_another_agent(tmp_path: Path, another_store_url) -> None:
     # Agent and camera ids may contain dots, so "site1" + camera "door.gate" and "site1.door" + camera
     # "gate" both own the prefix "site1.door.gate.": the first one stores it, the second is told so.
     first = factories.sample(agent_id="site1", camera_id="door.gate", frame_id="site1.door.gate.1",
@@ -69,7 +69,7 @@ def test_the_store_never_receipts_a_frame_id_stored_by_another_agent(tmp_path: P
         assert store.count() == 1 and store.counters()["ingest_frame_id_conflicts"] == 1
         both = store.ingest_samples([incoming(second), incoming(second)])
         assert both.conflicts == (("site1.door", "site1.door.gate.1"),) and both.new == 0
-    with Store(tmp_path / "fresh") as store:  # the same id twice within one batch: the first agent wins
+    with Store(tmp_path / "fresh", url=another_store_url()) as store:  # the same id twice in one batch: first wins
         result = store.ingest_samples([incoming(second), incoming(first)])
         assert result.new == 1 and result.conflicts == (("site1", "site1.door.gate.1"),)
         assert [i.agent_id for i in store.queue()[0]] == ["site1.door"]

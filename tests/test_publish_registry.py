@@ -107,6 +107,7 @@ def test_bad_input_is_refused_and_leaves_nothing(registry, tmp_path):
     assert [p.name for p in (registry.models_dir / "m").glob("*")] == []
 
 
+@pytest.mark.sqlite_only
 def test_reopen_keeps_data_and_applies_migrations_once(tmp_path):
     r = Registry(tmp_path / "data")
     r.register(new_model(tmp_path))

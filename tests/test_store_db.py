@@ -34,15 +34,22 @@ def store(tmp_path: Path):
 
 def test_migrations_are_named_and_applied_once(tmp_path: Path) -> None:
     Store(tmp_path).close()
-    Store(tmp_path).close()
-    rows = sqlite3.connect(tmp_path / "edgeloop.db").execute("SELECT name FROM _migrations").fetchall()
+    with Store(tmp_path) as store:
+        rows = store.db.read().execute("SELECT name FROM _migrations WHERE migration_set = 'edgeloop.store'"
+                                       " ORDER BY id").fetchall()
     names = [r[0] for r in rows]
     assert names[:2] == ["0001_initial", "0002_image_blobs"] and "0004_example_embeddings" in names
     assert names == sorted(set(names))  # each once, in order
+
+
+@pytest.mark.sqlite_only
+def test_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
+    Store(tmp_path).close()
     conn = sqlite3.connect(tmp_path / "edgeloop.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+@pytest.mark.sqlite_only
 def test_write_runs_on_one_thread_and_failures_roll_back_alone(tmp_path: Path) -> None:
     db = Database(tmp_path / "x.db", migrate=migrate)
     threads = set()

@@ -61,7 +61,7 @@ def save(store: Store, teacher: str, name: str, version: int, results: list[Resu
         counts = {"assist_done": sum(r.state == "done" for r in results),
                   "assist_failed": sum(r.state == "failed" for r in results)}
         db.conn.executemany(
-            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = counters.value + ?",
             [(k, v, v) for k, v in counts.items() if v])
     store.write(fn)
 
@@ -85,7 +85,8 @@ def counts(store: Store, teacher: str) -> dict[str, int]:
     db = store.db.read()
     marks = ",".join("?" * len(UNLABELLED))
     done, failed = db.execute(
-        "SELECT coalesce(sum(state = 'done'), 0), coalesce(sum(state = 'failed'), 0) FROM prelabels WHERE teacher = ?",
+        "SELECT coalesce(sum(CASE WHEN state = 'done' THEN 1 ELSE 0 END), 0),"
+        " coalesce(sum(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), 0) FROM prelabels WHERE teacher = ?",
         [teacher]).fetchone()
     waiting = db.execute(
         f"SELECT count(*) FROM examples e WHERE e.status IN ({marks}) AND NOT EXISTS (SELECT 1 FROM prelabels p"

@@ -1,6 +1,6 @@
 """The fleet tables of the store (migration 0006): commands and configuration bundles.
 
-Writes go through the store's one writer thread (``store.db.write``); reads
+Writes go through the store's one writer thread (``store.db.write``, SQL portable through ``db.dialect``); reads
 use the calling thread's reader connection. Nothing here talks to MQTT.
 """
 
@@ -40,7 +40,7 @@ def known_agent(db: sqlite_utils.Database, agent_id: str) -> bool:
 
 def agents_in_group(db: sqlite_utils.Database, group: str) -> list[str]:
     """Agents whose last Status lists ``group`` among its cohorts (their config's ``groups``)."""
-    rows = db.execute("SELECT agents.agent_id FROM agents, json_each(agents.cohorts) AS g"
+    rows = db.execute(f"SELECT agents.agent_id FROM agents, {db.dialect.json_text_items('agents.cohorts', 'g')}"
                       " WHERE g.value = ? ORDER BY agents.agent_id", [group]).fetchall()
     return [r[0] for r in rows]
 
@@ -48,7 +48,8 @@ def agents_in_group(db: sqlite_utils.Database, group: str) -> list[str]:
 def groups(db: sqlite_utils.Database) -> dict[str, list[str]]:
     """Every group agents reported, with its agents; plus groups that only have bundles."""
     out: dict[str, list[str]] = {}
-    for grp, agent in db.execute("SELECT g.value, agents.agent_id FROM agents, json_each(agents.cohorts) AS g"
+    for grp, agent in db.execute(f"SELECT g.value, agents.agent_id FROM agents,"
+                                 f" {db.dialect.json_text_items('agents.cohorts', 'g')}"
                                  " ORDER BY g.value, agents.agent_id").fetchall():
         out.setdefault(grp, []).append(agent)
     for (grp,) in db.execute("SELECT DISTINCT grp FROM config_bundles WHERE published_at IS NOT NULL"):

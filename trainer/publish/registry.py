@@ -1,8 +1,9 @@
 """The model registry: every round's model, what it was trained on, and every announcement.
 
-Its own SQLite file (``registry.db`` in the server's data dir), written only
-by one writer thread (``trainer.store.db.Database``), read through per-thread
-connections. Model files are copied into ``models/<name>/<version>.onnx``
+Its own database from the store URL (``trainer.store.backends``): on SQLite
+its own file (``registry.db`` in the server's data dir, one writer thread), on
+PostgreSQL the store's database (a pool; its tables do not overlap the
+store's). Model files are copied into ``models/<name>/<version>.onnx``
 beside it when registered, so the registry owns immutable files whose sha256
 it has computed itself; the download route serves only those.
 
@@ -30,10 +31,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
-
-from trainer.store.db import Database
+from trainer.store.backends import default_url, open_database, sibling_url
+from trainer.store.migrations import Migrations
+from trainer.store.sql import Conn
 
 STATES = ("candidate", "rejected", "published", "canary", "fleet", "rolled_back", "halted")
 ANNOUNCED = ("published", "canary", "fleet", "rolled_back", "halted")
@@ -47,15 +47,11 @@ class ModelNotFound(RegistryError):
     pass
 
 
-class _Migrations(Migrations):
-    migrations_table = "_migrations"
-
-
-migrations = _Migrations("edgeloop.registry")
+migrations = Migrations("edgeloop.registry")
 
 
 @migrations(name="0001_initial")
-def _initial(db: sqlite_utils.Database) -> None:
+def _initial(db: Conn) -> None:
     states = ", ".join(f"'{s}'" for s in STATES)
     db.execute(f"""CREATE TABLE models (
         name TEXT NOT NULL, version INTEGER NOT NULL CHECK (version >= 1),
@@ -89,7 +85,7 @@ ROLLOUT_ACTIVE = ("running", "paused")
 
 
 @migrations(name="0002_rollouts_and_references")
-def _rollouts(db: sqlite_utils.Database) -> None:
+def _rollouts(db: Conn) -> None:
     states = ", ".join(f"'{s}'" for s in ROLLOUT_STATES)
     db.execute(f"""CREATE TABLE rollouts (
         id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL,
@@ -194,11 +190,13 @@ def copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
 class Registry:
     """``Registry(data_dir)`` opens (and migrates) ``data_dir/registry.db``; files under ``data_dir/models``."""
 
-    def __init__(self, data_dir: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(self, data_dir: str | Path, *, url: str | None = None, busy_timeout_ms: int = 10_000) -> None:
+        """``url``: the store URL (the registry lives beside a SQLite store, inside a PostgreSQL one)."""
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.models_dir = self.data_dir / "models"
-        self.db = Database(self.data_dir / "registry.db", busy_timeout_ms=busy_timeout_ms, migrate=migrations.apply)
+        self.url = sibling_url(url, "registry.db") if url else default_url(self.data_dir, "registry.db")
+        self.db = open_database(self.url, busy_timeout_ms=busy_timeout_ms, migrate=migrations.apply, pool_size=4)
 
     def close(self) -> None:
         self.db.close()
@@ -224,7 +222,7 @@ class Registry:
         if new.checkpoint is not None:
             copy_hashed(new.checkpoint, staging_ckpt)
 
-        def fn(db: sqlite_utils.Database) -> int:
+        def fn(db: Conn) -> int:
             version = max(self._max_version(db, new.name), new.parent_version) + 1
             final = self.models_dir / new.name / f"{version}.onnx"
             os.replace(staging, final)
@@ -254,7 +252,7 @@ class Registry:
         target = self.get(name, target_version)
         note = f"rollback to {target.version}"
 
-        def fn(db: sqlite_utils.Database) -> int:
+        def fn(db: Conn) -> int:
             version = self._max_version(db, name) + 1
             now = time.time()
             db.execute(f"INSERT INTO models ({_COLUMNS}) VALUES ({', '.join('?' * 22)})", [
@@ -274,7 +272,7 @@ class Registry:
         if state not in STATES:
             raise RegistryError(f"state must be one of {STATES}, got {state!r}")
 
-        def fn(db: sqlite_utils.Database) -> None:
+        def fn(db: Conn) -> None:
             now = time.time()
             cur = db.execute("UPDATE models SET state = ?, reason = ?, updated = ?"
                              + (", gate = ?" if gate is not None else "") + " WHERE name = ? AND version = ?",
@@ -297,7 +295,7 @@ class Registry:
     # -- staged rollouts (trainer.publish.rollout) -----------------------------
     def start_rollout(self, name: str, version: int, previous_version: int, plan: list[dict]) -> int:
         """A new running rollout; any other active one of the same model is superseded."""
-        def fn(db: sqlite_utils.Database) -> int:
+        def fn(db: Conn) -> int:
             now = time.time()
             db.execute("UPDATE rollouts SET state = 'superseded', updated = ? WHERE name = ? AND state IN"
                        " ('running', 'paused')", [now, name])
@@ -340,7 +338,9 @@ class Registry:
         """The model's per-class confidence histogram on its test split (label -> counts)."""
         self.get(name, version)
         self.db.write(lambda db: db.execute(
-            "INSERT OR REPLACE INTO model_references (name, version, hist, examples, at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO model_references (name, version, hist, examples, at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (name, version) DO UPDATE SET hist = excluded.hist, examples = excluded.examples,"
+            " at = excluded.at",
             [name, version, json.dumps({k: list(v) for k, v in hist.items()}), examples, time.time()]))
 
     def reference(self, name: str, version: int) -> dict | None:
@@ -357,7 +357,7 @@ class Registry:
         return None
 
     @staticmethod
-    def _max_version(db: sqlite_utils.Database, name: str) -> int:
+    def _max_version(db: Conn, name: str) -> int:
         return db.execute("SELECT coalesce(max(version), 0) FROM models WHERE name = ?", [name]).fetchone()[0]
 
     # -- reads --------------------------------------------------------------
@@ -428,7 +428,7 @@ class Registry:
         return [tuple(r) for r in rows.fetchall()]
 
 
-def _event(db: sqlite_utils.Database, name: str, version: int, kind: str, detail: dict, at: float) -> None:
+def _event(db: Conn, name: str, version: int, kind: str, detail: dict, at: float) -> None:
     db.execute("INSERT INTO events (name, version, kind, detail, at) VALUES (?, ?, ?, ?, ?)",
                [name, version, kind, json.dumps(detail, default=str), at])
 

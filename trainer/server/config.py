@@ -69,6 +69,21 @@ class HttpConfig(_Strict):
 class StoreConfig(_Strict):
     data_dir: Path = Path("./edgeloop-data")
     busy_timeout_ms: int = Field(10_000, ge=100, le=600_000)
+    # sqlite:///path/edgeloop.db or postgresql://user@host:5432/db (trainer/store/backends.py); empty: SQLite in
+    # data_dir. The password belongs in the URL only via $EDGELOOP_STORE_URL (it wins over this key).
+    url: str = Field("", max_length=2048)
+    pool_size: int = Field(8, ge=1, le=256)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("store.url must start with sqlite:/// or postgresql://")
+        return v
+
+    def store_url(self) -> str:
+        """The URL the store opens: $EDGELOOP_STORE_URL, else ``url``, else SQLite in ``data_dir``."""
+        return os.environ.get("EDGELOOP_STORE_URL") or self.url or f"sqlite:///{self.data_dir / 'edgeloop.db'}"
 
 
 class ProjectConfig(_Strict):

@@ -30,7 +30,8 @@ class Service:
 
     def start(self) -> "Service":
         cfg = self.config
-        self.store = Store(cfg.store.data_dir, busy_timeout_ms=cfg.store.busy_timeout_ms)
+        self.store = Store(cfg.store.data_dir, url=cfg.store.store_url(), busy_timeout_ms=cfg.store.busy_timeout_ms,
+                           pool_size=cfg.store.pool_size)
         p = cfg.project
         self.store.configure_project(name=p.name, task=p.task, labels=p.labels, batch_size=p.batch_size)
         if cfg.mqtt.enabled:
@@ -61,7 +62,7 @@ class Service:
         from trainer.publish.service import PublishingService
         from trainer.rounds.pipeline import RoundManager
 
-        self.registry = Registry(cfg.store.data_dir)
+        self.registry = Registry(cfg.store.data_dir, url=cfg.store.store_url())
         if cfg.publish:
             self.publishing = PublishingService.open(cfg.publish, registry=self.registry,
                                                      client_id=f"{cfg.mqtt.client_id}-publisher")

@@ -1,4 +1,11 @@
-"""Image bytes: content-addressed rows in SQLite, and a file cache for code that wants paths.
+"""Image bytes: content-addressed rows in the database, and a file cache for code that wants paths.
+
+Callers reach the bytes only through ``Blobs`` (``put`` / ``get`` / ``exists``
+/ ``size``, keyed by sha256), so an object-storage backend can replace
+``DatabaseBlobs`` without touching them. ``put`` runs inside the caller's
+write transaction: for rows in the database that makes an image and its
+metadata one atomic commit; an object store would upload there (content
+addressed, so a retried or abandoned upload is harmless).
 
 Why SQLite and not one file per image: a durable file costs an fsync each,
 a batch of rows costs one fsync for the whole commit. Measured on the shared
@@ -20,7 +27,10 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
+
+from .records import NotFound
+from .sql import Conn, insert_rows
 
 MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png"}
 EXT_OF = {v: k for k, v in MEDIA_TYPES.items()}
@@ -37,6 +47,37 @@ def sniff_ext(data: bytes) -> str | None:
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return "png"
     return None
+
+
+class Blobs(Protocol):
+    def put(self, db: Conn, items: list[tuple[str, bytes]]) -> None: ...
+    def get(self, sha: str) -> bytes: ...
+    def exists(self, sha: str) -> bool: ...
+    def size(self, sha: str) -> int | None: ...
+
+
+class DatabaseBlobs:
+    """Blobs in the store's own ``blobs`` table (BLOB on SQLite, BYTEA on PostgreSQL)."""
+
+    def __init__(self, database) -> None:
+        self._db = database
+
+    def put(self, db: Conn, items: list[tuple[str, bytes]]) -> None:
+        unique = list({sha: data for sha, data in items}.items())
+        insert_rows(db, "INSERT OR IGNORE INTO blobs (sha, size, data)", [(sha, len(d), d) for sha, d in unique])
+
+    def get(self, sha: str) -> bytes:
+        row = self._db.read().execute("SELECT data FROM blobs WHERE sha = ?", [sha]).fetchone()
+        if row is None:
+            raise NotFound(f"no blob {sha}")
+        return bytes(row[0])
+
+    def exists(self, sha: str) -> bool:
+        return self._db.read().execute("SELECT 1 FROM blobs WHERE sha = ?", [sha]).fetchone() is not None
+
+    def size(self, sha: str) -> int | None:
+        row = self._db.read().execute("SELECT size FROM blobs WHERE sha = ?", [sha]).fetchone()
+        return None if row is None else row[0]
 
 
 class ImageCache:

@@ -1,4 +1,8 @@
-"""One SQLite database: a single writer thread fed by a queue, readers per thread.
+"""The SQLite backend: a single writer thread fed by a queue, readers per thread.
+
+``trainer.store.backends.open_database`` picks this or ``trainer.store.pg``
+from the store URL; both offer ``write(fn)``, ``write_async(fn)``, ``read()``,
+``close()``, ``dialect`` and ``url``, and hand ``fn`` a ``trainer.store.sql.Conn``.
 
 datasette's pattern: every write goes through ``Database.write(fn)``, which
 runs ``fn(db)`` on the writer thread inside a transaction and blocks until it
@@ -18,7 +22,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable, TypeVar
 
-import sqlite_utils
+from .sql import SQLITE, Conn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -26,7 +30,7 @@ GROUP_MAX = 64  # tasks per group commit: bounds how long one transaction holds 
 CHECKPOINT_EVERY_S = 0.5
 
 
-def connect(path: Path, *, busy_timeout_ms: int, synchronous: str = "FULL") -> sqlite_utils.Database:
+def connect(path: Path, *, busy_timeout_ms: int, synchronous: str = "FULL") -> Conn:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA journal_mode = WAL")
@@ -34,7 +38,7 @@ def connect(path: Path, *, busy_timeout_ms: int, synchronous: str = "FULL") -> s
     # commit survives a power cut, not only a process crash.
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
-    return sqlite_utils.Database(conn)
+    return Conn(conn, SQLITE)
 
 
 class ClosedError(RuntimeError):
@@ -44,13 +48,16 @@ class ClosedError(RuntimeError):
 class Database:
     """A SQLite file with one writer thread and one reader connection per thread."""
 
+    dialect = SQLITE
+
     def __init__(self, path: Path, *, busy_timeout_ms: int = 10_000, synchronous: str = "FULL",
-                 migrate: Callable[[sqlite_utils.Database], None] | None = None) -> None:
+                 migrate: Callable[[Conn], None] | None = None) -> None:
         self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
         self._busy = busy_timeout_ms
         self._queue: queue.Queue[tuple[Callable, Future] | None] = queue.Queue()
         self._local = threading.local()
-        self._readers: list[sqlite_utils.Database] = []
+        self._readers: list[Conn] = []
         self._readers_lock = threading.Lock()
         self._writer_db = connect(self.path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous)
         if migrate is not None:
@@ -67,14 +74,14 @@ class Database:
         self._checkpointer.start()
 
     # -- writes -------------------------------------------------------------
-    def write_async(self, fn: Callable[[sqlite_utils.Database], T]) -> "Future[T]":
+    def write_async(self, fn: Callable[[Conn], T]) -> "Future[T]":
         if self._closed:
             raise ClosedError(f"{self.path} is closed")
         fut: Future[T] = Future()
         self._queue.put((fn, fut))
         return fut
 
-    def write(self, fn: Callable[[sqlite_utils.Database], T], timeout: float | None = None) -> T:
+    def write(self, fn: Callable[[Conn], T], timeout: float | None = None) -> T:
         """Run ``fn(db)`` in a transaction on the writer thread; return once committed."""
         return self.write_async(fn).result(timeout)
 
@@ -98,10 +105,10 @@ class Database:
             self._commit_group(db, group)
             if stop:
                 break
-        db.conn.close()
+        db.raw.close()
 
     @staticmethod
-    def _commit_group(db: sqlite_utils.Database, group: list[tuple[Callable, Future]]) -> None:
+    def _commit_group(db: Conn, group: list[tuple[Callable, Future]]) -> None:
         results: list[tuple[Future, object, BaseException | None]] = []
         try:
             db.conn.execute("BEGIN IMMEDIATE")
@@ -119,7 +126,7 @@ class Database:
             db.conn.execute("COMMIT")
         except BaseException as e:
             log.exception("group commit of %d writes failed", len(group))
-            if db.conn.in_transaction:
+            if db.raw.in_transaction:
                 db.conn.execute("ROLLBACK")
             for _fn, fut in group:
                 if not fut.done():
@@ -140,10 +147,10 @@ class Database:
                 except sqlite3.OperationalError as e:  # busy with a long reader: try again next time
                     log.debug("checkpoint skipped: %s", e)
         finally:
-            db.conn.close()
+            db.raw.close()
 
     # -- reads --------------------------------------------------------------
-    def read(self) -> sqlite_utils.Database:
+    def read(self) -> Conn:
         """This thread's reader connection (a WAL snapshot per statement/transaction)."""
         db = getattr(self._local, "db", None)
         if db is None:
@@ -164,7 +171,7 @@ class Database:
         with self._readers_lock:
             for db in self._readers:
                 try:
-                    db.conn.close()
+                    db.raw.close()
                 except sqlite3.ProgrammingError:
                     pass
             self._readers.clear()

@@ -11,7 +11,7 @@ usual; the unknown name goes to ``pending_labels`` (at most ``PENDING_MAX`` name
 that) until a person approves it (it joins the project's labels) or dismisses it. A project with no
 labels at all (none configured, nothing imported) takes the valid names of its first sample, so a
 collector started without ``[project] labels`` still works; configure the labels to trust no agent.
-These functions run on the store's writer thread (they take its ``sqlite_utils.Database``).
+These functions run on the store's writer thread (they take its ``trainer.store.sql.Conn``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import sqlite_utils
-
 from .records import InvalidLabel, NotFound
+from .sql import Conn
 
 MAX_LABEL_LEN = 64
 PENDING_MAX = 256
@@ -53,12 +52,12 @@ def check_label(name: object) -> str:
     return name  # type: ignore[return-value]
 
 
-def project_labels(db: sqlite_utils.Database) -> list[str] | None:
+def project_labels(db: Conn) -> list[str] | None:
     row = db.execute("SELECT labels FROM projects WHERE id = 1").fetchone()
     return None if row is None else json.loads(row[0])
 
 
-def from_agents(db: sqlite_utils.Database, label_sets: list[tuple[str, ...]], now: float) -> tuple[str, ...]:
+def from_agents(db: Conn, label_sets: list[tuple[str, ...]], now: float) -> tuple[str, ...]:
     """Account for the labels of newly stored samples (one tuple per sample).
 
     Returns the labels a fresh project adopts (empty when the project already has labels); unknown
@@ -87,7 +86,7 @@ def from_agents(db: sqlite_utils.Database, label_sets: list[tuple[str, ...]], no
     return adopted
 
 
-def _add_pending(db: sqlite_utils.Database, unknown: Counter[str], now: float) -> int:
+def _add_pending(db: Conn, unknown: Counter[str], now: float) -> int:
     """Upsert counts of unknown names; returns how many samples' names found no room."""
     if not unknown:
         return 0
@@ -102,23 +101,23 @@ def _add_pending(db: sqlite_utils.Database, unknown: Counter[str], now: float) -
             dropped += n
     db.conn.executemany(
         "INSERT INTO pending_labels (name, samples, first_seen, last_seen) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (name) DO UPDATE SET samples = samples + ?, last_seen = excluded.last_seen", rows)
+        " ON CONFLICT (name) DO UPDATE SET samples = pending_labels.samples + ?, last_seen = excluded.last_seen", rows)
     return dropped
 
 
-def _count(db: sqlite_utils.Database, counts: dict[str, int]) -> None:
+def _count(db: Conn, counts: dict[str, int]) -> None:
     db.conn.executemany(
-        "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
+        "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = counters.value + ?",
         [(k, v, v) for k, v in counts.items() if v])
 
 
-def pending(db: sqlite_utils.Database) -> list[dict]:
+def pending(db: Conn) -> list[dict]:
     rows = db.execute("SELECT name, samples, first_seen, last_seen FROM pending_labels"
                       " ORDER BY samples DESC, name").fetchall()
     return [{"name": r[0], "samples": r[1], "first_seen": r[2], "last_seen": r[3]} for r in rows]
 
 
-def approve(db: sqlite_utils.Database, name: str) -> None:
+def approve(db: Conn, name: str) -> None:
     """Move a pending name into the project's labels (NotFound if it is not pending)."""
     check_label(name)
     if db.execute("DELETE FROM pending_labels WHERE name = ?", [name]).rowcount == 0:
@@ -128,7 +127,7 @@ def approve(db: sqlite_utils.Database, name: str) -> None:
         db.execute("UPDATE projects SET labels = ? WHERE id = 1", [json.dumps(current + [name])])
 
 
-def dismiss(db: sqlite_utils.Database, name: str) -> None:
+def dismiss(db: Conn, name: str) -> None:
     """Forget a pending name (a later sample naming it lists it again)."""
     if db.execute("DELETE FROM pending_labels WHERE name = ?", [name]).rowcount == 0:
         raise NotFound(f"{name!r:.80} is not a pending label")

@@ -1,20 +1,80 @@
-"""Named schema migrations, each applied once inside its own transaction."""
+"""Named schema migrations, each applied once inside its own transaction, on SQLite and PostgreSQL.
+
+The statements are SQLite DDL; ``trainer.store.sql`` maps the types for
+PostgreSQL. Applied names are kept in ``_migrations`` (the table sqlite-utils'
+migrations used before, so existing databases carry on), one set per owner
+(``edgeloop.store``, ``edgeloop.registry``).
+"""
 
 from __future__ import annotations
 
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
+import datetime
+from typing import Callable
+
+from .sql import Conn
 
 
-class _Migrations(Migrations):
-    migrations_table = "_migrations"
+class Migrations:
+    """A named, ordered set of migrations: ``@migrations(name=...)`` registers ``fn(db: Conn)``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._steps: list[tuple[str, Callable[[Conn], None]]] = []
+
+    def __call__(self, *, name: str) -> Callable:
+        def inner(fn: Callable[[Conn], None]) -> Callable[[Conn], None]:
+            if any(n == name for n, _ in self._steps):
+                raise ValueError(f"migration {name!r} is already registered in {self.name}")
+            self._steps.append((name, fn))
+            return fn
+        return inner
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self._steps]
+
+    def applied(self, db: Conn) -> list[str]:
+        _ensure_table(db)
+        return [r[0] for r in db.execute("SELECT name FROM _migrations WHERE migration_set = ? ORDER BY id",
+                                         [self.name]).fetchall()]
+
+    def apply(self, db: Conn) -> None:
+        """Apply pending migrations on an autocommit connection, each with its record in one transaction."""
+        lock = db.dialect.lock_migrations()
+        if lock:
+            db.execute(lock).fetchall()
+        try:
+            done = set(self.applied(db))
+            for name, fn in self._steps:
+                if name in done:
+                    continue
+                db.execute(db.dialect.begin())
+                try:
+                    fn(db)
+                    db.execute("INSERT INTO _migrations (migration_set, name, applied_at) VALUES (?, ?, ?)",
+                               [self.name, name, str(datetime.datetime.now(datetime.timezone.utc))])
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+        finally:
+            unlock = db.dialect.unlock_migrations()
+            if unlock:
+                db.execute(unlock).fetchall()
 
 
-migrations = _Migrations("edgeloop.store")
+def _ensure_table(db: Conn) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (id INTEGER PRIMARY KEY, migration_set TEXT, name TEXT,"
+               " applied_at TEXT)")
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx__migrations_migration_set_name"
+               " ON _migrations (migration_set, name)")
+
+
+migrations = Migrations("edgeloop.store")
 
 
 @migrations(name="0001_initial")
-def _initial(db: sqlite_utils.Database) -> None:
+def _initial(db: Conn) -> None:
     for statement in _INITIAL:
         db.execute(statement)
 
@@ -66,13 +126,13 @@ _INITIAL = (
     """CREATE TABLE label_events (
         id INTEGER PRIMARY KEY,
         example_id INTEGER NOT NULL REFERENCES examples (id),
-        user TEXT NOT NULL,
+        "user" TEXT NOT NULL,
         action TEXT NOT NULL,
         before TEXT NOT NULL,
         after TEXT NOT NULL,
         at REAL NOT NULL,
         undone_at REAL)""",
-    "CREATE INDEX label_events_user ON label_events (user, id)",
+    'CREATE INDEX label_events_user ON label_events ("user", id)',
     """CREATE TABLE dead_letters (
         id INTEGER PRIMARY KEY,
         topic TEXT NOT NULL,
@@ -114,7 +174,7 @@ _INITIAL = (
 
 
 @migrations(name="0002_image_blobs")
-def _image_blobs(db: sqlite_utils.Database) -> None:
+def _image_blobs(db: Conn) -> None:
     # Image bytes moved from fsynced files into the database: one fsync per ingest batch instead of
     # one per image (trainer/store/blobs.py has the measurements).
     db.execute("CREATE TABLE blobs (sha TEXT PRIMARY KEY, size INTEGER NOT NULL, data BLOB NOT NULL)")
@@ -122,7 +182,7 @@ def _image_blobs(db: sqlite_utils.Database) -> None:
 
 
 @migrations(name="0003_assist_prelabels")
-def _assist_prelabels(db: sqlite_utils.Database) -> None:
+def _assist_prelabels(db: Conn) -> None:
     # A teacher's pre-label is a prediction, never a label: it lives beside the example until a
     # person (or --auto-label) accepts it. One row per example and teacher (model file, card, label
     # map and min score hashed into ``teacher``), so a restart or a re-run adds nothing, and a
@@ -146,14 +206,14 @@ def _assist_prelabels(db: sqlite_utils.Database) -> None:
 
 
 @migrations(name="0004_example_embeddings")
-def _example_embeddings(db: sqlite_utils.Database) -> None:
+def _example_embeddings(db: Conn) -> None:
     # A sample's quantized embedding (protocol/embedding.py: int8 of the L2-normalized vector x 127),
     # NULL when the agent's model has none. The review queue spreads its first page over them.
     db.execute("ALTER TABLE examples ADD COLUMN embedding BLOB")
 
 
 @migrations(name="0005_pending_labels")
-def _pending_labels(db: sqlite_utils.Database) -> None:
+def _pending_labels(db: Conn) -> None:
     # Label names agents reported that the project does not know: a person approves or dismisses
     # them (trainer/store/labels.py); agents never add labels themselves.
     db.execute("""CREATE TABLE pending_labels (
@@ -164,7 +224,7 @@ def _pending_labels(db: sqlite_utils.Database) -> None:
 
 
 @migrations(name="0006_fleet_commands_and_bundles")
-def _fleet_commands_and_bundles(db: sqlite_utils.Database) -> None:
+def _fleet_commands_and_bundles(db: Conn) -> None:
     # Commands the server sent to agents and how each ended (trainer/fleet/records.py): "sent" until the
     # agent's Status names it in ``answered`` (then "answered", with that Status as JSON), "timed_out" at
     # its deadline, "failed" when the broker did not take it. ``batch`` groups the commands of one
@@ -200,5 +260,37 @@ def _fleet_commands_and_bundles(db: sqlite_utils.Database) -> None:
         published_at REAL,
         PRIMARY KEY (grp, version))""")
 
-def migrate(db: sqlite_utils.Database) -> None:
+
+@migrations(name="0007_accounts_and_audit")
+def _accounts_and_audit(db) -> None:
+    # People's accounts and roles (trainer/store/accounts.py): an argon2 password hash, the SHA-256 of the
+    # current API token and of the one it replaced (so a rotated token is told apart from a wrong one).
+    db.execute("""CREATE TABLE accounts (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'reviewer', 'publisher', 'admin')),
+        password_hash TEXT,
+        token_hash TEXT UNIQUE,
+        previous_token_hash TEXT,
+        token_created_at REAL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL)""")
+    db.execute("CREATE INDEX accounts_previous_token ON accounts (previous_token_hash)")
+    # Who changed what, when, from where (trainer/store/audit.py): appended, never updated.
+    db.execute("""CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        via TEXT NOT NULL,
+        client TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL DEFAULT '',
+        status INTEGER NOT NULL,
+        detail TEXT NOT NULL DEFAULT '{}')""")
+    db.execute("CREATE INDEX audit_log_actor ON audit_log (actor, id)")
+    db.execute("CREATE INDEX audit_log_action ON audit_log (action, id)")
+
+
+def migrate(db: Conn) -> None:
     migrations.apply(db)
+

@@ -1,60 +1,74 @@
-"""Queries and writes behind the review workflow: queue, label, undo, stats, fleet."""
+"""Queries and writes behind the review workflow: queue, label, undo, stats, fleet.
+
+Portable SQL (``trainer.store.sql``): the queue's expected value is computed
+here in Python (``ranking.expected_value``) for both backends, and JSON
+arrays are read through the dialect.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
 
-import sqlite_utils
-
 from . import ranking
 from .records import Conflict, InvalidLabel, Item, NotFound, Project, QueueFilter
+from .sql import Conn
 
 ITEM_SQL = (
     "SELECT e.id, e.blob, e.media_type, e.width, e.height, e.label, e.boxes, e.status, e.split, e.source,"
     " e.labeled_by, e.labeled_at, e.round_added, s.prediction, s.predicted_label, s.uncertainty, s.strategy,"
-    " s.reason, s.frame_id, s.agent_id, s.camera_id, s.model_name, s.model_version, s.captured_at, s.task,"
-    " (SELECT json_array(p.teacher, p.model_name, p.model_version, p.state, p.label, p.score, p.scores, p.boxes,"
-    " p.error, p.created_at) FROM prelabels p WHERE p.example_id = e.id ORDER BY p.id DESC LIMIT 1)"
+    " s.reason, s.frame_id, s.agent_id, s.camera_id, s.model_name, s.model_version, s.captured_at, s.task"
     " FROM examples e LEFT JOIN samples s ON s.example_id = e.id")
+PRELABEL_SQL = ("SELECT p.example_id, p.teacher, p.model_name, p.model_version, p.state, p.label, p.score, p.scores,"
+                " p.boxes, p.error, p.created_at FROM prelabels p WHERE p.id IN (SELECT max(id) FROM prelabels"
+                " WHERE example_id IN ({marks}) GROUP BY example_id)")
 STATE_KEYS = ("label", "boxes", "status", "labeled_by", "labeled_at", "round_added")
 MIN_PER_CLASS, GOOD, PRODUCTION = 10, 300, 1000
 
 
-def _item(r: tuple) -> Item:
+def _item(r: tuple, prelabel: dict | None) -> Item:
     pred = json.loads(r[13]) if r[13] else {"scores": {}, "boxes": []}
-    return Item(*r[:6], json.loads(r[6]), *r[7:13], pred, *r[14:25], _prelabel(r[25]))
+    return Item(*r[:6], json.loads(r[6]), *r[7:13], pred, *r[14:25], prelabel)
 
 
-def _prelabel(raw: str | None) -> dict | None:
-    if raw is None:
-        return None
-    r = json.loads(raw)
-    return {"source": "teacher", "teacher": r[0], "model_name": r[1], "model_version": r[2], "state": r[3],
-            "label": r[4], "score": r[5], "scores": json.loads(r[6]), "boxes": json.loads(r[7]), "error": r[8],
-            "created_at": r[9]}
+def _prelabels(db: Conn, ids: list[int]) -> dict[int, dict]:
+    """The newest teacher pre-label of each example in ``ids``."""
+    if not ids:
+        return {}
+    out = {}
+    for r in db.execute(PRELABEL_SQL.format(marks=",".join("?" * len(ids))), ids).fetchall():
+        out[r[0]] = {"source": "teacher", "teacher": r[1], "model_name": r[2], "model_version": r[3],
+                     "state": r[4], "label": r[5], "score": r[6], "scores": json.loads(r[7]),
+                     "boxes": json.loads(r[8]), "error": r[9], "created_at": r[10]}
+    return out
 
 
-def item(db: sqlite_utils.Database, example_id: int) -> Item:
+def _items(db: Conn, rows: list[tuple]) -> list[Item]:
+    pre = _prelabels(db, [r[0] for r in rows])
+    return [_item(r, pre.get(r[0])) for r in rows]
+
+
+def item(db: Conn, example_id: int) -> Item:
     row = db.execute(ITEM_SQL + " WHERE e.id = ?", [example_id]).fetchone()
     if row is None:
         raise NotFound(f"no example {example_id}")
-    return _item(row)
+    return _items(db, [row])[0]
 
 
-def class_counts(db: sqlite_utils.Database) -> dict[str, int]:
+def class_counts(db: Conn) -> dict[str, int]:
     """Labelled examples per class (images for classification, objects for detection)."""
     counts: dict[str, int] = {}
     for label, n in db.execute("SELECT label, count(*) FROM examples WHERE status = 'labeled'"
                                " AND label IS NOT NULL GROUP BY label"):
         counts[label] = counts.get(label, 0) + n
-    for label, n in db.execute("SELECT json_extract(b.value, '$.label'), count(*) FROM examples e,"
-                               " json_each(e.boxes) b WHERE e.status = 'labeled' GROUP BY 1"):
+    d = db.dialect
+    for label, n in db.execute(f"SELECT {d.json_field('b.value', 'label')}, count(*) FROM examples e,"
+                               f" {d.json_items('e.boxes', 'b')} WHERE e.status = 'labeled' GROUP BY 1"):
         counts[label] = counts.get(label, 0) + n
     return counts
 
 
-def queue(db: sqlite_utils.Database, f: QueueFilter, limit: int, offset: int, now: float) -> tuple[list[Item], int]:
+def queue(db: Conn, f: QueueFilter, limit: int, offset: int, now: float) -> tuple[list[Item], int]:
     where, args = ["e.status = ?"], [f.status]
     for column, value in (("s.camera_id", f.camera), ("s.agent_id", f.agent), ("s.model_version", f.model_version),
                           ("s.predicted_label", f.predicted), ("s.strategy", f.strategy)):
@@ -62,53 +76,64 @@ def queue(db: sqlite_utils.Database, f: QueueFilter, limit: int, offset: int, no
             where.append(f"{column} = ?")
             args.append(value)
     sql_where = " WHERE " + " AND ".join(where)
+    ranked = _ranked(db, sql_where, args, now)
+    if f.status == "pending_review" and offset < ranking.WINDOW:
+        return _diverse_page(db, ranked, limit, offset), len(ranked)
+    return _items(db, _rows_by_id(db, [i for i, _ in ranked[offset:offset + limit]])), len(ranked)
+
+
+def _ranked(db: Conn, sql_where: str, args: list, now: float) -> list[tuple[int, float]]:
+    """``(id, expected value)`` of every matching item, best first (ties by id), computed in Python on
+    both backends so the order cannot differ between them."""
     # LEFT JOIN: imported unlabelled images have no edge sample but are reviewed too (pre-labelled by a teacher).
-    base = " FROM examples e LEFT JOIN samples s ON s.example_id = e.id" + sql_where
-    total = db.execute("SELECT count(*)" + base, args).fetchone()[0]
+    # An import has no edge uncertainty: it ranks as half-uncertain, fresh from when it was added.
+    rows = db.execute("SELECT e.id, coalesce(s.uncertainty, 0.5), s.predicted_label,"
+                      " coalesce(s.captured_at, e.created_at) FROM examples e LEFT JOIN samples s"
+                      " ON s.example_id = e.id" + sql_where, args).fetchall()
+    if not rows:
+        return []
     counts = class_counts(db)
     top = max(counts.values(), default=0)
-
-    def ev(uncertainty: float | None, predicted: str | None, captured_at: float | None) -> float:
-        # SQLite hands NULL to a user function as None (an import has no edge sample); an exception here
-        # would fail the whole query.
-        age = now - captured_at if captured_at is not None else 0.0
-        return ranking.expected_value(uncertainty or 0.0, counts.get(predicted, 0), top, age)
-
-    db.conn.create_function("el_expected_value", 3, ev)
-    if f.status == "pending_review" and offset < ranking.WINDOW:
-        return _diverse_page(db, sql_where, args, limit, offset), total
-    rows = db.execute(ITEM_SQL + sql_where + EV_ORDER + " LIMIT ? OFFSET ?", args + [limit, offset]).fetchall()
-    return [_item(r) for r in rows], total
+    scored = [(i, ranking.expected_value(u, counts.get(p, 0), top, now - t)) for i, u, p, t in rows]
+    scored.sort(key=lambda x: (-x[1], x[0]))
+    return scored
 
 
-# An import has no edge uncertainty: it ranks as half-uncertain, fresh from when it was added.
-EV_SQL = ("el_expected_value(coalesce(s.uncertainty, 0.5), s.predicted_label,"
-          " coalesce(s.captured_at, e.created_at))")
-EV_ORDER = f" ORDER BY {EV_SQL} DESC, e.id"
-
-
-def _diverse_page(db: sqlite_utils.Database, sql_where: str, args: list, limit: int, offset: int) -> list[Item]:
+def _diverse_page(db: Conn, ranked: list[tuple[int, float]], limit: int, offset: int) -> list[Item]:
     """The pending queue's page: the best ``ranking.WINDOW`` by expected value in their diverse order,
     then the rest by expected value. Each item's ``reason`` starts with why it is where it is."""
-    cands = [ranking.Candidate(r[0], r[1], r[2], (r[3], r[4]), r[5], r[6]) for r in db.execute(
-        f"SELECT e.id, {EV_SQL}, e.embedding, s.model_name, s.model_version, s.uncertainty, s.strategy"
-        " FROM examples e LEFT JOIN samples s ON s.example_id = e.id" + sql_where + EV_ORDER + " LIMIT ?",
-        args + [ranking.WINDOW])]
+    window = ranked[:ranking.WINDOW]
+    facts = {r[0]: r[1:] for r in _select_in(
+        db, "SELECT e.id, e.embedding, s.model_name, s.model_version, s.uncertainty, s.strategy FROM examples e"
+        " LEFT JOIN samples s ON s.example_id = e.id WHERE e.id IN ({marks})", [i for i, _ in window])}
+    cands = [ranking.Candidate(i, v, _bytes(facts[i][0]), (facts[i][1], facts[i][2]), facts[i][3], facts[i][4])
+             for i, v in window]
     order = ranking.diverse_order(cands)[offset:offset + limit]
-    by_id = {r[0]: _item(r) for r in _rows_by_id(db, [i for i, _ in order])}
+    by_id = {it.id: it for it in _items(db, _rows_by_id(db, [i for i, _ in order]))}
     page = [replace(by_id[i], reason=f"queue: {why}" + (f" · agent: {by_id[i].reason}" if by_id[i].reason else ""))
             for i, why in order]
-    if len(page) < limit and len(cands) == ranking.WINDOW:
-        rows = db.execute(ITEM_SQL + sql_where + EV_ORDER + " LIMIT ? OFFSET ?",
-                          args + [limit - len(page), ranking.WINDOW]).fetchall()
-        page += [_item(r) for r in rows]
+    if len(page) < limit and len(window) == ranking.WINDOW:
+        rest = ranked[ranking.WINDOW:ranking.WINDOW + limit - len(page)]
+        page += _items(db, _rows_by_id(db, [i for i, _ in rest]))
     return page
 
 
-def _rows_by_id(db: sqlite_utils.Database, ids: list[int]) -> list[tuple]:
-    if not ids:
-        return []
-    return db.execute(ITEM_SQL + f" WHERE e.id IN ({','.join('?' * len(ids))})", ids).fetchall()
+def _bytes(v) -> bytes | None:
+    return None if v is None else bytes(v)
+
+
+def _select_in(db: Conn, sql: str, ids: list[int]) -> list[tuple]:
+    out: list[tuple] = []
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        out += db.execute(sql.format(marks=",".join("?" * len(part))), part).fetchall()
+    return out
+
+
+def _rows_by_id(db: Conn, ids: list[int]) -> list[tuple]:
+    """Item rows in the order of ``ids``."""
+    rows = {r[0]: r for r in _select_in(db, ITEM_SQL + " WHERE e.id IN ({marks})", ids)}
+    return [rows[i] for i in ids if i in rows]
 
 
 def _state(row: Item) -> dict:
@@ -154,20 +179,21 @@ def _after(current: Item, project: Project, action: str, label: str | None, boxe
     return {"status": "labeled", "label": None, "boxes": _check_boxes(boxes, project.labels)}
 
 
-def _project(db: sqlite_utils.Database) -> Project:
+def _project(db: Conn) -> Project:
     row = db.execute("SELECT name, task, labels, batch_size FROM projects WHERE id = 1").fetchone()
     return Project(row[0], row[1], tuple(json.loads(row[2])), row[3]) if row else Project("default", None, (), 40)
 
 
-def _write_state(db: sqlite_utils.Database, example_id: int, state: dict) -> None:
+def _write_state(db: Conn, example_id: int, state: dict) -> None:
     db.execute("UPDATE examples SET label = ?, boxes = ?, status = ?, labeled_by = ?, labeled_at = ?,"
                " round_added = ? WHERE id = ?",
                [state["label"], json.dumps(state["boxes"]), state["status"], state["labeled_by"],
                 state["labeled_at"], state["round_added"], example_id])
 
 
-def apply_action(db: sqlite_utils.Database, example_id: int, user: str, action: str, label: str | None,
+def apply_action(db: Conn, example_id: int, user: str, action: str, label: str | None,
                  boxes: list[dict] | None, now: float) -> None:
+    _lock(db, example_id)
     current = item(db, example_id)
     before = _state(current)
     after = dict(before, **_after(current, _project(db), action, label, boxes))
@@ -176,21 +202,28 @@ def apply_action(db: sqlite_utils.Database, example_id: int, user: str, action: 
         # The batch it belongs to is the next round's.
         after["round_added"] = db.execute("SELECT coalesce(max(id), 0) + 1 FROM rounds").fetchone()[0]
     _write_state(db, example_id, after)
-    db.execute("INSERT INTO label_events (example_id, user, action, before, after, at) VALUES (?, ?, ?, ?, ?, ?)",
+    db.execute('INSERT INTO label_events (example_id, "user", action, before, after, at) VALUES (?, ?, ?, ?, ?, ?)',
                [example_id, user, action, json.dumps(before), json.dumps(after), now])
 
 
-def undo(db: sqlite_utils.Database, user: str, now: float) -> int:
-    row = db.execute("SELECT id, example_id, before, after FROM label_events WHERE user = ? AND undone_at IS NULL"
-                     " ORDER BY id DESC LIMIT 1", [user]).fetchone()
+def undo(db: Conn, user: str, now: float) -> int:
+    row = db.execute('SELECT id, example_id, before, after FROM label_events WHERE "user" = ? AND undone_at IS NULL'
+                     " ORDER BY id DESC LIMIT 1" + db.dialect.for_update(), [user]).fetchone()
     if row is None:
         raise NotFound(f"{user} has nothing to undo")
     event_id, example_id, before, after = row[0], row[1], json.loads(row[2]), json.loads(row[3])
+    _lock(db, example_id)
     if _state(item(db, example_id)) != after:
         raise Conflict(f"example {example_id} was changed by someone else since; not undoing")
     _write_state(db, example_id, before)
     db.execute("UPDATE label_events SET undone_at = ? WHERE id = ?", [now, event_id])
     return example_id
+
+
+def _lock(db: Conn, example_id: int) -> None:
+    """Hold the example's row until commit (PostgreSQL), so two reviewers' read-then-write cannot interleave."""
+    if db.dialect.for_update():
+        db.execute("SELECT id FROM examples WHERE id = ?" + db.dialect.for_update(), [example_id]).fetchall()
 
 
 def _warnings(counts: dict[str, dict[str, int]], labels: tuple[str, ...], task: str | None = None) -> list[str]:
@@ -210,7 +243,7 @@ def _warnings(counts: dict[str, dict[str, int]], labels: tuple[str, ...], task: 
     return out
 
 
-def _box_warnings(db: sqlite_utils.Database) -> list[str]:
+def _box_warnings(db: Conn) -> list[str]:
     """Suspicious boxes among the labelled examples (tiny, whole-frame, degenerate, outside the image)."""
     from trainer.train.boxcheck import check_boxes, warnings
 
@@ -218,7 +251,7 @@ def _box_warnings(db: sqlite_utils.Database) -> list[str]:
     return warnings(check_boxes((str(i), json.loads(b), w, h) for i, b, w, h in rows))
 
 
-def stats(db: sqlite_utils.Database, project: Project) -> dict:
+def stats(db: Conn, project: Project) -> dict:
     counts: dict[str, dict[str, int]] = {label: dict.fromkeys(("train", "val", "test", "unassigned"), 0)
                                          for label in project.labels}
 
@@ -228,8 +261,9 @@ def stats(db: sqlite_utils.Database, project: Project) -> dict:
     for label, split, n in db.execute("SELECT label, split, count(*) FROM examples WHERE status = 'labeled'"
                                       " AND label IS NOT NULL GROUP BY 1, 2"):
         add(label, split, n)
-    for label, split, n in db.execute("SELECT json_extract(b.value, '$.label'), e.split, count(*) FROM examples e,"
-                                      " json_each(e.boxes) b WHERE e.status = 'labeled' GROUP BY 1, 2"):
+    d = db.dialect
+    for label, split, n in db.execute(f"SELECT {d.json_field('b.value', 'label')}, e.split, count(*) FROM examples e,"
+                                      f" {d.json_items('e.boxes', 'b')} WHERE e.status = 'labeled' GROUP BY 1, 2"):
         add(label, split, n)
     total = db.execute("SELECT count(*) FROM examples WHERE status = 'labeled'").fetchone()[0]
     hashes = db.execute("SELECT id, phash FROM examples WHERE phash IS NOT NULL AND status != 'rejected'").fetchall()
@@ -245,7 +279,7 @@ def stats(db: sqlite_utils.Database, project: Project) -> dict:
 STALE_MIN_S = 60.0
 
 
-def fleet(db: sqlite_utils.Database, now: float) -> list[dict]:
+def fleet(db: Conn, now: float) -> list[dict]:
     """Agents with their last status and telemetry; ``stale`` when an "online" agent went quiet.
 
     A crash behind a NAT can keep the broker from ever sending the last will, so "online" alone is

@@ -1,7 +1,10 @@
 """The Store: one project's examples, edge samples, labels and fleet state.
 
-Every write runs on the database's single writer thread (``Database.write``);
-reads use per-thread connections and never block writes (WAL).
+The database comes from a store URL (``trainer.store.backends``): SQLite (one
+writer thread, per-thread readers, WAL) or PostgreSQL (a pool, a transaction
+per write). Every write is ``Store.write(fn)``: ``fn`` gets a
+``trainer.store.sql.Conn`` inside one transaction and the call returns once it
+is committed. Image bytes go through ``self.blobs`` (``trainer.store.blobs``).
 """
 
 from __future__ import annotations
@@ -11,32 +14,34 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import sqlite_utils
-
 from trainer.dataset import SPLITS, Example, LabeledBox
 
 from . import labels as labels_mod
 from . import review
-from .blobs import EXT_OF, MEDIA_TYPES, ImageCache, sha256
-from .db import Database
+from .backends import default_url, open_database
+from .blobs import EXT_OF, MEDIA_TYPES, DatabaseBlobs, ImageCache, sha256
 from .imaging import BadImage, hash_image, inspect_image
 from .migrations import migrate
 from .records import (DeadLetter, IncomingSample, IngestResult, Item, NewExample, NotFound, Project,
                       QueueFilter, StoreError)
+from .sql import Conn, insert_rows
 
 TELEMETRY_KEEP = 500  # rows of history per agent
 DEAD_LETTER_PREFIX = 256  # bytes of a bad payload kept for diagnosis
 
 
 class Store:
-    """``Store(data_dir)`` opens (and migrates) ``data_dir/edgeloop.db``; image files for the trainer are
-    materialized under ``data_dir/cache``."""
+    """``Store(data_dir)`` opens (and migrates) ``data_dir/edgeloop.db``; ``Store(data_dir, url=...)`` the
+    database a store URL names. Image files for the trainer are materialized under ``data_dir/cache``."""
 
-    def __init__(self, data_dir: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(self, data_dir: str | Path, *, url: str | None = None, busy_timeout_ms: int = 10_000,
+                 pool_size: int = 8) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.url = url or default_url(self.data_dir)
         self.cache = ImageCache(self.data_dir / "cache")
-        self.db = Database(self.data_dir / "edgeloop.db", busy_timeout_ms=busy_timeout_ms, migrate=migrate)
+        self.db = open_database(self.url, migrate=migrate, busy_timeout_ms=busy_timeout_ms, pool_size=pool_size)
+        self.blobs = DatabaseBlobs(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -48,7 +53,7 @@ class Store:
         self.close()
 
     def write(self, fn, timeout: float | None = None):
-        """Run ``fn(db: sqlite_utils.Database)`` in a transaction on the writer thread."""
+        """Run ``fn(db: trainer.store.sql.Conn)`` in one transaction; return its value once committed."""
         return self.db.write(fn, timeout)
 
     # -- project ------------------------------------------------------------
@@ -63,7 +68,7 @@ class Store:
         """Create or update the project; labels are appended, never removed or reordered."""
         labels = tuple(labels)
 
-        def fn(db: sqlite_utils.Database) -> None:
+        def fn(db: Conn) -> None:
             _ensure_project(db, task, labels)
             if name is not None:
                 db.execute("UPDATE projects SET name = ? WHERE id = 1", [name])
@@ -79,17 +84,17 @@ class Store:
     # -- ingest -------------------------------------------------------------
     def ingest_samples(self, incoming: list[IncomingSample]) -> IngestResult:
         """Store new frames once each (dedup on frame_id); return every frame id now stored."""
-        return self.write(lambda db: _ingest(db, incoming))
+        return self.write(lambda db: _ingest(db, self.blobs, incoming))
 
     def ingest_samples_async(self, incoming: list[IncomingSample]):
-        return self.db.write_async(lambda db: _ingest(db, incoming))
+        return self.db.write_async(lambda db: _ingest(db, self.blobs, incoming))
 
     def add_examples(self, examples: list[NewExample], *, task: str | None = None,
                      labels: Iterable[str] = ()) -> int:
         """Insert examples (imports, synthetic); ones whose ``origin`` exists are skipped. Returns added."""
         labels = tuple(labels)
 
-        def fn(db: sqlite_utils.Database) -> int:
+        def fn(db: Conn) -> int:
             _ensure_project(db, task, labels)
             current = db.execute("SELECT task FROM projects WHERE id = 1").fetchone()[0]
             if task is not None and current != task:
@@ -98,16 +103,13 @@ class Store:
             known = _existing(db, "examples", "origin", [e.origin for e in examples if e.origin])
             fresh = [e for e in examples if e.origin is None or e.origin not in known]
             shas = [sha256(e.data) for e in fresh]
-            _put_blobs(db, [(sha, e.data) for sha, e in zip(shas, fresh)])
-            before = db.conn.total_changes
-            db.conn.executemany(
-                "INSERT OR IGNORE INTO examples (blob, media_type, width, height, label, boxes, split, source,"
-                " status, labeled_by, labeled_at, round_added, phash, origin, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self.blobs.put(db, [(sha, e.data) for sha, e in zip(shas, fresh)])
+            added = insert_rows(
+                db, "INSERT OR IGNORE INTO examples (blob, media_type, width, height, label, boxes, split, source,"
+                " status, labeled_by, labeled_at, round_added, phash, origin, created_at)",
                 [(sha, MEDIA_TYPES[e.ext], e.width, e.height, e.label, _boxes_json(e.boxes), e.split,
                   e.source, e.status, e.labeled_by, now if e.status == "labeled" else None, e.round_added,
                   e.phash, e.origin, now) for sha, e in zip(shas, fresh)])
-            added = db.conn.total_changes - before
             _incr(db, {f"examples_added_{task or 'unknown'}": added})
             return added
         return self.write(fn)
@@ -148,16 +150,16 @@ class Store:
         rejected here, so it never reaches a reviewer or the trainer.
         """
         rows = self.db.read().execute(
-            "SELECT e.id, b.data FROM examples e JOIN blobs b ON b.sha = e.blob"
-            " WHERE e.phash IS NULL AND e.status != 'rejected' LIMIT ?", [limit]).fetchall()
+            "SELECT e.id, e.blob FROM examples e WHERE e.phash IS NULL AND e.status != 'rejected' ORDER BY e.id"
+            " LIMIT ?", [limit]).fetchall()
         hashes, bad = [], []
-        for example_id, data in rows:
+        for example_id, sha in rows:
             try:
-                hashes.append((hash_image(bytes(data)), example_id))
+                hashes.append((hash_image(self.blobs.get(sha)), example_id))
             except BadImage:
                 bad.append(example_id)
         if rows:
-            def fn(db: sqlite_utils.Database) -> None:
+            def fn(db: Conn) -> None:
                 db.conn.executemany("UPDATE examples SET phash = ? WHERE id = ?", hashes)
                 db.conn.executemany("UPDATE examples SET status = 'rejected', labeled_by = 'edgeloop:undecodable'"
                                     " WHERE id = ?", [(i,) for i in bad])
@@ -194,26 +196,20 @@ class Store:
 
     def image(self, example_id: int) -> tuple[bytes, str]:
         """The example's image bytes and media type (NotFound if no such example)."""
-        row = self.db.read().execute(
-            "SELECT b.data, e.media_type FROM examples e JOIN blobs b ON b.sha = e.blob WHERE e.id = ?",
-            [example_id]).fetchone()
+        row = self.db.read().execute("SELECT blob, media_type FROM examples WHERE id = ?", [example_id]).fetchone()
         if row is None:
             raise NotFound(f"no example {example_id}")
-        return bytes(row[0]), row[1]
+        return self.blobs.get(row[0]), row[1]
 
     def blob(self, sha: str) -> bytes:
-        row = self.db.read().execute("SELECT data FROM blobs WHERE sha = ?", [sha]).fetchone()
-        if row is None:
-            raise NotFound(f"no blob {sha}")
-        return bytes(row[0])
+        return self.blobs.get(sha)
 
     def image_path(self, sha: str, ext: str, size: int | None = None) -> Path:
         """A file holding this blob (from the cache), for code that needs a path."""
         if size is None:
-            row = self.db.read().execute("SELECT size FROM blobs WHERE sha = ?", [sha]).fetchone()
-            if row is None:
+            size = self.blobs.size(sha)
+            if size is None:
                 raise NotFound(f"no blob {sha}")
-            size = row[0]
         return self.cache.materialize(sha, ext, size, lambda: self.blob(sha))
 
     def item(self, example_id: int) -> Item:
@@ -246,7 +242,7 @@ class Store:
     def label_history(self, example_id: int) -> list[dict]:
         """Every review action on an example, oldest first (who, what, before, after, when, undone when)."""
         rows = self.db.read().execute(
-            "SELECT user, action, before, after, at, undone_at FROM label_events WHERE example_id = ? ORDER BY id",
+            'SELECT "user", action, before, after, at, undone_at FROM label_events WHERE example_id = ? ORDER BY id',
             [example_id]).fetchall()
         return [{"user": r[0], "action": r[1], "before": json.loads(r[2]), "after": json.loads(r[3]), "at": r[4],
                  "undone_at": r[5]} for r in rows]
@@ -271,7 +267,7 @@ class Store:
             args = [last] + ([split] if split else [])
             rows = self.db.read().execute(
                 "SELECT e.id, e.blob, e.media_type, e.width, e.height, e.label, e.boxes, e.split, e.source,"
-                " e.round_added, e.labeled_by, e.labeled_at, b.size FROM examples e JOIN blobs b ON b.sha = e.blob"
+                " e.round_added, e.labeled_by, e.labeled_at FROM examples e"
                 f" WHERE {where} ORDER BY e.id LIMIT {int(page)}", args).fetchall()
             if not rows:
                 return
@@ -281,7 +277,7 @@ class Store:
 
     def _example(self, r: tuple) -> Example:
         boxes = tuple(LabeledBox(b["x1"], b["y1"], b["x2"], b["y2"], b["label"]) for b in json.loads(r[6]))
-        path = self.image_path(r[1], EXT_OF[r[2]], r[12])
+        path = self.image_path(r[1], EXT_OF[r[2]])
         return Example(id=str(r[0]), image_path=path, label=r[5], boxes=boxes, split=r[7],
                        source=r[8], round_added=r[9],
                        meta={"width": r[3], "height": r[4], "labeled_by": r[10], "labeled_at": r[11]})
@@ -309,13 +305,13 @@ def _boxes_json(boxes: Iterable) -> str:
     return json.dumps([{"x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "label": b.label} for b in boxes])
 
 
-def _incr(db: sqlite_utils.Database, counts: dict[str, int]) -> None:
+def _incr(db: Conn, counts: dict[str, int]) -> None:
     db.conn.executemany(
-        "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
+        "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = counters.value + ?",
         [(k, v, v) for k, v in counts.items() if v])
 
 
-def _ensure_project(db: sqlite_utils.Database, task: str | None, labels: tuple[str, ...]) -> None:
+def _ensure_project(db: Conn, task: str | None, labels: tuple[str, ...]) -> None:
     row = db.execute("SELECT task, labels FROM projects WHERE id = 1").fetchone()
     if row is None:
         fresh = [labels_mod.check_label(x) for x in dict.fromkeys(labels)]
@@ -341,7 +337,7 @@ def _prediction(s) -> tuple[dict, str | None]:
     return {"scores": scores, "boxes": boxes}, predicted
 
 
-def _ingest(db: sqlite_utils.Database, incoming: list[IncomingSample]) -> IngestResult:
+def _ingest(db: Conn, blobs, incoming: list[IncomingSample]) -> IngestResult:
     ids = [i.sample.frame_id for i in incoming]
     owner = _owners(db, ids)  # frame_id -> the agent that stored it
     fresh, conflicts = [], []
@@ -353,34 +349,63 @@ def _ingest(db: sqlite_utils.Database, incoming: list[IncomingSample]) -> Ingest
         elif owner[fid] != agent and (agent, fid) not in conflicts:
             # Another agent's frame: receipting it as stored would make this agent drop a frame never kept.
             conflicts.append((agent, fid))
-    _put_blobs(db, [(inc.sha, inc.sample.jpeg) for inc in fresh])
+    # One lock order for every writer: two collectors (PostgreSQL) inserting overlapping frames cannot deadlock.
+    fresh.sort(key=lambda inc: inc.sample.frame_id)
+    blobs.put(db, [(inc.sha, inc.sample.jpeg) for inc in fresh])
     for task in dict.fromkeys(inc.sample.task for inc in fresh):
         _ensure_project(db, task, ())
+    ids_new = db.dialect.next_ids(db, "examples", len(fresh))
+    fresh = _insert_fresh(db, list(zip(ids_new, fresh)), owner)
     # Agents never add labels: unknown names wait in pending_labels for a person (labels.py).
-    adopted = labels_mod.from_agents(db, [tuple(inc.sample.labels) for inc in fresh], time.time())
+    adopted = labels_mod.from_agents(db, [tuple(inc.sample.labels) for _, inc in fresh], time.time())
     if adopted:
         _ensure_project(db, None, adopted)
-    # This is the only writer, so ids can be assigned here and both tables filled with executemany.
-    first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM examples").fetchone()[0]
-    ids_new = range(first, first + len(fresh))
-    _insert_rows(db, "INSERT INTO examples (id, blob, media_type, width, height, source, status, phash, created_at,"
-                 " embedding)",
-                 [(i, inc.sha, "image/jpeg", inc.sample.width, inc.sample.height, "edge", "pending_review",
-                   inc.phash, inc.received_at, inc.sample.embedding or None)
-                  for i, inc in zip(ids_new, fresh)])
-    _insert_rows(db, "INSERT INTO samples (example_id, frame_id, agent_id, camera_id, model_name, model_version,"
-                 " task, captured_at, prediction, predicted_label, uncertainty, strategy, reason, received_at)",
-                 [(i, s.frame_id, s.agent_id, s.camera_id, s.model_name, s.model_version, s.task, s.captured_at,
-                   json.dumps(pred), predicted, s.uncertainty, s.strategy, s.reason, inc.received_at)
-                  for i, inc in zip(ids_new, fresh) for s in (inc.sample,) for pred, predicted in (_prediction(s),)])
     new = len(fresh)
+    for inc in incoming:
+        fid, agent = inc.sample.frame_id, inc.sample.agent_id
+        if owner[fid] != agent and (agent, fid) not in conflicts:
+            conflicts.append((agent, fid))
     stored = tuple(dict.fromkeys(i.sample.frame_id for i in incoming if owner[i.sample.frame_id] == i.sample.agent_id))
     duplicates = sum(1 for i in incoming if owner[i.sample.frame_id] == i.sample.agent_id) - new
     _incr(db, {"ingest_stored": new, "ingest_duplicates": duplicates, "ingest_frame_id_conflicts": len(conflicts)})
     return IngestResult(stored=stored, new=new, duplicates=duplicates, conflicts=tuple(conflicts))
 
 
-def _owners(db: sqlite_utils.Database, frame_ids: list[str]) -> dict[str, str]:
+def _insert_fresh(db: Conn, rows: list[tuple[int, IncomingSample]], owner: dict[str, str]) -> list:
+    """Insert examples and samples; the rows whose frame this transaction stored.
+
+    The sample insert ignores a frame id another writer committed since ``_owners`` looked (only
+    possible with several collectors on PostgreSQL, where the insert waits for that writer's commit):
+    the example rows made for those frames are deleted again and ``owner`` learns the real owner.
+    """
+    insert_rows(db, "INSERT INTO examples (id, blob, media_type, width, height, source, status, phash, created_at,"
+                " embedding)",
+                [(i, inc.sha, "image/jpeg", inc.sample.width, inc.sample.height, "edge", "pending_review",
+                  inc.phash, inc.received_at, inc.sample.embedding or None) for i, inc in rows])
+    done = insert_rows(
+        db, "INSERT OR IGNORE INTO samples (example_id, frame_id, agent_id, camera_id, model_name, model_version,"
+        " task, captured_at, prediction, predicted_label, uncertainty, strategy, reason, received_at)",
+        [(i, s.frame_id, s.agent_id, s.camera_id, s.model_name, s.model_version, s.task, s.captured_at,
+          json.dumps(pred), predicted, s.uncertainty, s.strategy, s.reason, inc.received_at)
+         for i, inc in rows for s in (inc.sample,) for pred, predicted in (_prediction(s),)])
+    if done == len(rows):
+        return rows
+    kept = set()
+    for start in range(0, len(rows), 500):
+        part = [i for i, _ in rows[start:start + 500]]
+        marks = ",".join("?" * len(part))
+        kept.update(r[0] for r in db.execute(f"SELECT example_id FROM samples WHERE example_id IN ({marks})", part))
+        lost = [i for i in part if i not in kept]
+        if lost:
+            db.execute(f"DELETE FROM examples WHERE id IN ({','.join('?' * len(lost))})", lost)
+    raced = [inc.sample.frame_id for i, inc in rows if i not in kept]
+    owner.update(_owners(db, raced))
+    db.execute("INSERT INTO counters (name, value) VALUES ('ingest_concurrent_duplicates', ?)"
+               " ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value", [len(raced)])
+    return [(i, inc) for i, inc in rows if i in kept]
+
+
+def _owners(db: Conn, frame_ids: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for start in range(0, len(frame_ids), 500):
         part = frame_ids[start:start + 500]
@@ -390,7 +415,7 @@ def _owners(db: sqlite_utils.Database, frame_ids: list[str]) -> dict[str, str]:
     return found
 
 
-def _existing(db: sqlite_utils.Database, table: str, column: str, values: list[str]) -> set[str]:
+def _existing(db: Conn, table: str, column: str, values: list[str]) -> set[str]:
     found: set[str] = set()
     for start in range(0, len(values), 500):
         part = values[start:start + 500]
@@ -414,28 +439,7 @@ def new_example(data: bytes, **fields) -> NewExample:
     return NewExample(data=data, ext=info.ext, width=info.width, height=info.height, phash=info.phash, **fields)
 
 
-def _insert_rows(db: sqlite_utils.Database, insert: str, rows: list[tuple]) -> None:
-    """Multi-row INSERTs: one statement step per chunk instead of one per row.
-
-    sqlite3 releases the GIL around every step; with the MQTT thread busy, each release can cost a
-    whole switch interval, so a batch of rows as one statement commits several times faster.
-    """
-    if not rows:
-        return
-    width = len(rows[0])
-    per = max(1, 900 // width)  # under SQLite's historical 999-parameter limit
-    for start in range(0, len(rows), per):
-        chunk = rows[start:start + per]
-        values = ",".join(["(" + ",".join("?" * width) + ")"] * len(chunk))
-        db.conn.execute(f"{insert} VALUES {values}", [v for row in chunk for v in row])
-
-
-def _put_blobs(db: sqlite_utils.Database, blobs: list[tuple[str, bytes]]) -> None:
-    unique = list({sha: data for sha, data in blobs}.items())
-    _insert_rows(db, "INSERT OR IGNORE INTO blobs (sha, size, data)", [(sha, len(d), d) for sha, d in unique])
-
-
-def _record_dead_letters(db: sqlite_utils.Database, letters: list[DeadLetter]) -> None:
+def _record_dead_letters(db: Conn, letters: list[DeadLetter]) -> None:
     db.conn.executemany(
         "INSERT INTO dead_letters (topic, reason, detail, size, prefix, at) VALUES (?, ?, ?, ?, ?, ?)",
         [(d.topic[:512], d.reason[:64], d.detail[:1024], d.size, bytes(d.prefix[:DEAD_LETTER_PREFIX]), d.at)
@@ -443,7 +447,8 @@ def _record_dead_letters(db: sqlite_utils.Database, letters: list[DeadLetter]) -
     _incr(db, {"dead_letters": len(letters)})
 
 
-def _record_fleet(db: sqlite_utils.Database, statuses: list, telemetry: list, now: float) -> None:
+def _record_fleet(db: Conn, statuses: list, telemetry: list, now: float) -> None:
+    greatest = db.dialect.greatest
     for s in statuses:
         db.execute(
             "INSERT INTO agents (agent_id, state, software_version, model_name, model_version, model_state,"
@@ -452,7 +457,7 @@ def _record_fleet(db: sqlite_utils.Database, statuses: list, telemetry: list, no
             " software_version = excluded.software_version, model_name = excluded.model_name,"
             " model_version = excluded.model_version, model_state = excluded.model_state,"
             " cameras = excluded.cameras, cohorts = excluded.cohorts, detail = excluded.detail,"
-            " status_at = excluded.status_at, last_seen = max(last_seen, excluded.last_seen)"
+            f" status_at = excluded.status_at, last_seen = {greatest('agents.last_seen', 'excluded.last_seen')}"
             # Same stamp, other state: an old "online" redelivered after the will must not revive the agent.
             " WHERE excluded.status_at > coalesce(agents.status_at, 0)"
             " OR (excluded.status_at = agents.status_at AND excluded.state = agents.state)",
@@ -463,14 +468,14 @@ def _record_fleet(db: sqlite_utils.Database, statuses: list, telemetry: list, no
             # broker sends it only once the connection is gone, so its arrival counts. Only the state
             # changes: the model facts it carries date from the connect. Redelivered older statuses keep
             # losing to status_at, and the agent's next session says "online" with a newer stamp.
-            db.execute("UPDATE agents SET state = 'offline', last_seen = max(last_seen, ?)"
+            db.execute(f"UPDATE agents SET state = 'offline', last_seen = {greatest('last_seen', '?')}"
                        " WHERE agent_id = ? AND state = 'online'", [now, s.agent_id])
     for t in telemetry:
         data = json.dumps(t.header())
         db.execute(
             "INSERT INTO agents (agent_id, telemetry, telemetry_at, last_seen) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (agent_id) DO UPDATE SET telemetry = excluded.telemetry,"
-            " telemetry_at = excluded.telemetry_at, last_seen = max(last_seen, excluded.last_seen)",
+            f" telemetry_at = excluded.telemetry_at, last_seen = {greatest('agents.last_seen', 'excluded.last_seen')}",
             [t.agent_id, data, t.at, now])
         db.execute("INSERT INTO telemetry (agent_id, at, received_at, data) VALUES (?, ?, ?, ?)",
                    [t.agent_id, t.at, now, data])
