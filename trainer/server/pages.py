@@ -40,8 +40,8 @@ NAV: tuple[NavItem, ...] = (
     NavItem("review", "Review", "/review"),
     NavItem("dataset", "Dataset", "/dataset"),
     NavItem("fleet", "Fleet", "/fleet"),
-    NavItem("models", "Models", "/models"),
     NavItem("drift", "Drift", "/drift"),
+    NavItem("models", "Models", "/models"),
 )
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
