@@ -20,7 +20,6 @@ import pytest
 
 from agent_helpers import base_config, make_classifier, running, write_config
 from mqtt_util import wait_until
-from trainer.publish import keys
 from trainer.server.config import ServerConfig
 from trainer.server.embedded import EmbeddedServer
 

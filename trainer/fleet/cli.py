@@ -60,7 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     push.add_argument("--note", default="", help="why, for people")
     listing = bsub.add_parser("list", parents=[common], help="a group's bundle versions, newest first")
     listing.add_argument("group")
-    rollback = bsub.add_parser("rollback", parents=[common], help="re-publish an earlier version's settings as a new version")
+    rollback = bsub.add_parser("rollback", parents=[common],
+                               help="re-publish an earlier version's settings as a new version")
     rollback.add_argument("group")
     rollback.add_argument("--to", type=int, help="the version to go back to (default: the previous)")
     sub.add_parser("groups", parents=[common], help="every group with its agents and current bundle")
