@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "publish": ("trainer.publish.publish_cli", "trainer", "sign and announce a model version to a cohort"),
     "rollback": ("trainer.publish.rollback_cli", "trainer", "re-announce an earlier model under a new version"),
     "agents": ("trainer.fleet.cli", "trainer", "send commands to agents; push or roll back group configuration bundles"),
+    "users": ("trainer.server.users_cli", "trainer", "accounts and roles: add, list, disable, set-role, rotate-token"),
     "assist": ("trainer.assist.cli", "trainer", "import unlabelled images; pre-label them with a teacher model"),
     "replay": ("trainer.replay.cli", "trainer", "measure active-learning strategies on a labelled dataset"),
     "demo": ("edgeloop.demo", "trainer", "run the whole loop locally with embedded defaults"),

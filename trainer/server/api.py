@@ -180,17 +180,18 @@ async def post_login(request: Request) -> Response:
     form = "application/json" not in request.headers.get("content-type", "")
     try:
         data = dict(await request.form()) if form else await request.json()
-        body = s.LoginIn.model_validate({k: v for k, v in data.items() if k != "next"})
+        body = s.LoginIn.model_validate({k: v for k, v in data.items() if k != "next" and v != ""})
     except Exception as e:  # bad JSON, bad form, wrong shape: all the client's fault
         return JSONResponse({"detail": f"login needs a token: {type(e).__name__}"}, 422)
     auth: Auth = request.app.state.auth
+    from .users import LoginRefused, login
+
     try:
-        result = auth.login(client_address(request), body.token, body.user)
+        sid, session = login(request, body)  # accounts, personal tokens, the bootstrap token (users.py)
     except RateLimited:
         return JSONResponse({"detail": "too many failed logins; wait a minute"}, 429, headers={"Retry-After": "60"})
-    if result is None:
-        return JSONResponse({"detail": "wrong token"}, 401)
-    sid, session = result
+    except LoginRefused as e:
+        return JSONResponse({"detail": e.detail}, e.status)
     nxt = safe_next(data.get("next"), "/")  # only local redirects: no open redirect through the login form
     resp: Response = RedirectResponse(nxt, 303) if form else JSONResponse(
         s.LoginOut(ok=True, user=session.user, csrf_token=session.csrf).model_dump())

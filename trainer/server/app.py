@@ -142,6 +142,10 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
     from trainer.drift import routes as drift_routes
 
     app.include_router(drift_routes.api_router(require_user))  # /api/drift (issue 14)
+    from . import users
+
+    app.include_router(users.api_router())  # /api/me, /api/users, /api/audit; roles in roles.py
+    app.include_router(users.pages_router())
     try:
         pages = importlib.import_module("trainer.server.pages")
     except ModuleNotFoundError as e:
@@ -153,6 +157,9 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _document_rate_limit(app)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    from .access import AuditLog
+
+    app.add_middleware(AuditLog)  # one audit row per write (roles.py names the action), after StrictJson
     app.add_middleware(StrictJson)  # inside BodyLimit: it reads bodies that were already bounded
     app.add_middleware(BodyLimit, limit=config.http.max_body_bytes)
     app.add_middleware(SecurityHeaders)  # outermost: the 413 of BodyLimit gets the headers too

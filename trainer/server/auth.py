@@ -6,6 +6,10 @@ route: ``http.login_max_failures`` within ``http.login_window_s`` block that add
 Cookie-authenticated requests that change state must carry ``X-CSRF-Token``
 equal to the session's token (a cross-site form cannot read it); bearer
 requests are exempt because browsers never attach them on their own.
+
+Who the caller is and which role a route needs live in access.py and roles.py
+(accounts, personal API tokens, the bootstrap token); this module keeps the
+sessions and the failure windows.
 """
 
 from __future__ import annotations
@@ -17,12 +21,11 @@ import time
 import unicodedata
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-
-from protocol.topics import ID_RE
 
 from .config import HttpConfig
 
@@ -33,6 +36,7 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 MAX_SESSIONS = 10_000
 MAX_TRACKED_CLIENTS = 10_000
 MAX_NEXT_LEN = 2048
+T = TypeVar("T")
 
 
 def safe_next(target: object, fallback: str) -> str:
@@ -59,6 +63,7 @@ class Session:
     user: str
     csrf: str
     expires: float
+    kind: str = "account"  # or "bootstrap": signed in with the shared token (access.py)
 
 
 class RateLimited(Exception):
@@ -102,6 +107,32 @@ class Auth:
                 self._failures.pop(client, None)
             return True
 
+    def attempt(self, client: str, check: Callable[[], T | None], now: float | None = None) -> T | None:
+        """``check()``'s result; None (a failure counted against ``client``) when it has none; RateLimited.
+
+        ``check`` runs outside the lock: a password hash takes tens of milliseconds.
+        """
+        now = time.time() if now is None else now
+        with self._lock:
+            self._window(client, now)
+        result = check()
+        with self._lock:
+            window = self._failures.setdefault(client, deque())
+            if result is None:
+                window.append(now)
+            elif not window:
+                self._failures.pop(client, None)
+        return result
+
+    def open_session(self, user: str, kind: str = "account", now: float | None = None) -> tuple[str, Session]:
+        now = time.time() if now is None else now
+        with self._lock:
+            self._expire(now)
+            sid = secrets.token_urlsafe(32)
+            session = Session(user, secrets.token_urlsafe(32), now + self.cfg.session_ttl_s, kind)
+            self._sessions[sid] = session
+            return sid, session
+
     def login(self, client: str, token: str, user: str, now: float | None = None) -> tuple[str, Session] | None:
         """A new session id and session, None for a wrong token; RateLimited when blocked."""
         now = time.time() if now is None else now
@@ -113,7 +144,7 @@ class Auth:
             self._failures.pop(client, None)
             self._expire(now)
             sid = secrets.token_urlsafe(32)
-            session = Session(user, secrets.token_urlsafe(32), now + self.cfg.session_ttl_s)
+            session = Session(user, secrets.token_urlsafe(32), now + self.cfg.session_ttl_s, "bootstrap")
             self._sessions[sid] = session
             return sid, session
 
@@ -140,34 +171,15 @@ class Auth:
 bearer = HTTPBearer(auto_error=False, description="the server token (config http.token or $EDGELOOP_SERVER_TOKEN)")
 
 
-def _unauthorized() -> HTTPException:
-    return HTTPException(401, "authentication required: Bearer token or a session from POST /api/login",
-                         headers={"WWW-Authenticate": "Bearer"})
-
-
 def require_user(request: Request,
                  credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
-    """FastAPI dependency: the caller's user name, or 401 (403 for a missing CSRF token)."""
-    auth: Auth = request.app.state.auth
-    if credentials is not None:
-        try:
-            ok = auth.check_bearer(client_address(request), credentials.credentials)
-        except RateLimited:
-            window = str(int(auth.cfg.login_window_s))
-            raise HTTPException(429, "too many failed authentications from this address; wait and retry",
-                                headers={"Retry-After": window}) from None
-        if not ok:
-            raise _unauthorized()
-        user = request.headers.get(USER_HEADER, "api")
-        return user if ID_RE.match(user) else "api"
-    session = auth.session(request.cookies.get(COOKIE))
-    if session is None:
-        raise _unauthorized()
-    if request.method not in SAFE_METHODS:
-        sent = request.headers.get(CSRF_HEADER, "")
-        if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-            raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header")
-    return session.user
+    """FastAPI dependency: the caller's name once authenticated and allowed this route's role (roles.py).
+
+    401 without valid credentials, 403 for too low a role or a missing CSRF token, 429 when rate-limited.
+    """
+    from .access import authorize
+
+    return authorize(request, credentials).name
 
 
 def client_address(request: Request) -> str:
@@ -182,6 +194,11 @@ def csrf_token(request: Request) -> str:
 
 
 def current_user(request: Request) -> str | None:
-    """The session's user without raising (pages use it to redirect to the login page)."""
-    session = request.app.state.auth.session(request.cookies.get(COOKIE))
-    return session.user if session else None
+    """The session's user without raising (pages use it to redirect to the login page).
+
+    None too for a disabled account, or a bootstrap session once an admin account exists.
+    """
+    from .access import page_principal
+
+    principal = page_principal(request)
+    return principal.name if principal else None

@@ -42,7 +42,18 @@ NAV: tuple[NavItem, ...] = (
     NavItem("fleet", "Fleet", "/fleet"),
     NavItem("drift", "Drift", "/drift"),
     NavItem("models", "Models", "/models"),
+    NavItem("users", "Users", "/users"),  # admin only: _nav drops what the caller's role may not open
+    NavItem("audit", "Audit", "/audit"),
 )
+
+
+def _nav(request: Request) -> list[NavItem]:
+    from .access import page_principal
+    from .roles import required
+
+    principal = page_principal(request)
+    return [n for n in NAV if principal is not None and principal.role >= required("GET", n.href)]
+
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
        " object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -115,7 +126,7 @@ def _login_redirect(request: Request) -> RedirectResponse:
 
 def _render(request: Request, template: str, page: str, user: str | None, **context) -> HTMLResponse:
     response = _templates().TemplateResponse(request, template, {
-        "page": page, "user": user, "nav": NAV, "csrf": auth.csrf_token(request), **context,
+        "page": page, "user": user, "nav": _nav(request), "csrf": auth.csrf_token(request), **context,
     })
     # Pages show data behind a login: never keep them in shared caches, never frame them.
     response.headers["Cache-Control"] = "no-store"

@@ -146,6 +146,7 @@ class StatsOut(BaseModel):
     warnings: list[str]
     guidance: str
     duplicate_clusters: list[list[int]]
+    sources: dict[str, int] = Field(default_factory=dict)  # labelled examples by source: edge, import, synthetic
 
 
 class AgentOut(BaseModel):
@@ -194,8 +195,11 @@ class ProgressOut(BaseModel):
 
 
 class LoginIn(_In):
-    token: str = Field(min_length=1, max_length=512)
-    user: str = Field("reviewer", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    """An account's ``user`` and ``password``; or a ``token``: a personal API token, or the bootstrap
+    token (only while no admin account exists; ``user`` then names who signs in)."""
+    token: str | None = Field(None, min_length=1, max_length=512)
+    user: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    password: str | None = Field(None, min_length=1, max_length=1024)
 
 
 class LoginOut(BaseModel):

@@ -1,4 +1,4 @@
-// Sign in: post the token to /api/login, then go where the user was headed.
+// Sign in: post the user and password, or a token, to /api/login, then go where the user was headed.
 // The plain form still works without JavaScript.
 "use strict";
 
@@ -12,6 +12,16 @@
     document.getElementById("token").value = fromHash;
     setTimeout(() => form.requestSubmit(), 0);
   }
+  // An account signs in with user and password; a token (personal or bootstrap) needs nothing else.
+  function credentials(data) {
+    const out = {};
+    for (const key of ["user", "password", "token"]) {
+      if (data.get(key)) out[key] = data.get(key);
+    }
+    if (out.token && out.password) delete out.token;
+    return out;
+  }
+
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     errorBox.classList.add("hidden");
@@ -22,13 +32,13 @@
         method: "POST",
         credentials: "same-origin",
         headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRF-Token": csrf },
-        body: JSON.stringify({ token: data.get("token"), user: data.get("user") || "reviewer" }),
+        body: JSON.stringify(credentials(data)),
       });
       if (!res.ok) {
         let detail = res.statusText;
         try { detail = (await res.json()).detail || detail; } catch (_) { /* not JSON */ }
         if (res.status === 429) detail = "Too many attempts; wait a minute and try again.";
-        else if (res.status === 401 || res.status === 403) detail = "That token was not accepted.";
+        else if (res.status === 403) detail = "Not accepted.";
         throw new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
       }
       location.href = data.get("next") || "/review";

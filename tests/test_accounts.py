@@ -1,0 +1,168 @@
+"""Accounts, personal tokens, the bootstrap token's retirement, refused changes and the audit log.
+
+In-process server (ASGI with its lifespan) on a real store; ``edgeloop users`` in its own process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from test_api_auth import TOKEN, make_config, seed
+from trainer.server.app import create_app
+from trainer.store import Store, accounts
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOT = {"Authorization": f"Bearer {TOKEN}"}
+PASSWORD = "correct horse battery"
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def client(tmp_path: Path):
+    with TestClient(create_app(make_config(tmp_path), TOKEN), client=("10.1.2.3", 50000)) as c:
+        seed(c.app.state.service.store)
+        yield c
+
+
+def _add(client: TestClient, headers: dict, name: str, role: str, password: str | None = PASSWORD) -> str:
+    body = {"name": name, "role": role, **({"password": password} if password else {})}
+    r = client.post("/api/users", headers=headers, json=body)
+    assert r.status_code == 201, r.text
+    assert "password_hash" not in r.text and r.json()["token"].startswith("elu_")
+    return r.json()["token"]
+
+
+def test_bootstrap_makes_the_first_admin_then_retires(client: TestClient) -> None:
+    assert client.get("/api/me", headers=BOOT).json() == {"name": "bootstrap", "role": "admin", "via": "bootstrap"}
+    root = _add(client, BOOT, "root", "admin")
+    r = client.get("/api/me", headers=BOOT)
+    assert r.status_code == 401 and "bootstrap token is retired" in r.json()["detail"]
+    r = client.post("/api/login", json={"token": TOKEN})
+    assert r.status_code == 401 and "retired" in r.json()["detail"]
+    assert client.get("/api/me", headers=bearer(root)).json() == {"name": "root", "role": "admin", "via": "token"}
+
+
+def test_the_user_comes_from_the_account(client: TestClient) -> None:
+    root = _add(client, BOOT, "root", "admin")
+    ann = _add(client, bearer(root), "ann", "reviewer")
+    item = client.get("/api/queue", headers=bearer(ann)).json()["items"][0]
+    r = client.post(f"/api/items/{item['id']}/label", headers={**bearer(ann), "X-User": "mallory"},
+                    json={"action": "reject"})
+    assert r.status_code == 200 and r.json()["item"]["labeled_by"] == "ann"
+    # A session too: the name comes from the account, the form has no name to declare.
+    client.post("/api/login", json={"user": "ann", "password": PASSWORD})
+    assert client.get("/api/me").json()["name"] == "ann"
+    assert client.post("/api/login", json={"user": "ann", "password": "wrong password!"}).status_code == 401
+
+
+def test_last_admin_cannot_be_demoted_or_disabled(client: TestClient) -> None:
+    root = _add(client, BOOT, "root", "admin")
+    for path, body in (("/api/users/root/role", {"role": "viewer"}), ("/api/users/root/disable", None)):
+        r = client.post(path, headers=bearer(root), json=body)
+        assert r.status_code == 409 and "last enabled admin" in r.json()["detail"]
+    assert [(u["name"], u["role"], u["disabled"]) for u in client.get("/api/users", headers=bearer(root)).json()] \
+        == [("root", "admin", False)]
+    _add(client, bearer(root), "second", "admin")
+    assert client.post("/api/users/root/role", headers=bearer(root), json={"role": "viewer"}).json()["role"] == "viewer"
+    r = client.get("/api/users", headers=bearer(root))
+    assert r.status_code == 403 and "needs the admin role" in r.json()["detail"]
+
+
+def test_bad_account_input(client: TestClient) -> None:
+    root = _add(client, BOOT, "root", "admin")
+    h = bearer(root)
+    assert client.post("/api/users", headers=h, json={"name": "root", "role": "viewer"}).status_code == 409
+    assert client.post("/api/users", headers=h, json={"name": "x", "role": "god"}).status_code == 422
+    assert client.post("/api/users", headers=h, json={"name": "../x", "role": "viewer"}).status_code == 422
+    assert client.post("/api/users", headers=h, json={"name": "x", "role": "viewer", "password": "short"}
+                       ).status_code == 422
+    assert client.post("/api/users/ghost/disable", headers=h).status_code == 404
+    assert [u["name"] for u in client.get("/api/users", headers=h).json()] == ["root"]
+
+
+def test_disabled_account_loses_session_and_token(client: TestClient) -> None:
+    root = _add(client, BOOT, "root", "admin")
+    bob = _add(client, bearer(root), "bob", "publisher")
+    browser = TestClient(client.app)
+    assert browser.post("/api/login", json={"user": "bob", "password": PASSWORD}).status_code == 200
+    assert browser.get("/api/me").status_code == 200
+    assert client.post("/api/users/bob/disable", headers=bearer(root)).json()["disabled"] is True
+    for r in (browser.get("/api/me"), client.get("/api/me", headers=bearer(bob))):
+        assert r.status_code == 401 and "bob is disabled" in r.json()["detail"]
+    assert browser.get("/review", follow_redirects=False).status_code == 303
+    r = browser.post("/api/login", json={"user": "bob", "password": PASSWORD})
+    assert r.status_code == 401 and "disabled" in r.json()["detail"]
+    client.post("/api/users/bob/enable", headers=bearer(root))
+    assert client.get("/api/me", headers=bearer(bob)).json()["name"] == "bob"
+
+
+def test_rotated_token_is_refused_and_says_so(client: TestClient) -> None:
+    root = _add(client, BOOT, "root", "admin")
+    old = _add(client, bearer(root), "robot", "reviewer", password=None)
+    new = client.post("/api/users/robot/rotate-token", headers=bearer(root)).json()["token"]
+    assert new != old
+    r = client.get("/api/me", headers=bearer(old))
+    assert r.status_code == 401 and "replaced by a newer one" in r.json()["detail"]
+    assert client.get("/api/me", headers=bearer(new)).json()["name"] == "robot"
+    # a token-only account cannot sign in with a password
+    assert client.post("/api/login", json={"user": "robot", "password": PASSWORD}).status_code == 401
+
+
+def test_audit_log_records_who_what_when_where(client: TestClient) -> None:
+    root = _add(client, BOOT, "root", "admin")
+    ann = _add(client, bearer(root), "ann", "reviewer")
+    item = client.get("/api/queue", headers=bearer(ann)).json()["items"][0]
+    client.post(f"/api/items/{item['id']}/label", headers=bearer(ann), json={"action": "reject"})
+    assert client.post("/api/users/root/disable", headers=bearer(root)).status_code == 409
+    assert client.post("/api/models/rounds", headers=bearer(ann)).status_code == 403  # refused: audited too
+    log = client.get("/api/audit", headers=bearer(root)).json()
+    rows = [(e["actor"], e["action"], e["status"]) for e in log["entries"]]
+    assert rows[:5] == [("ann", "start_round", 403), ("root", "user_disable", 409), ("ann", "label", 200),
+                        ("root", "user_add", 200), ("bootstrap", "user_add", 200)]
+    label = log["entries"][2]
+    assert label["client"] == "10.1.2.3" and label["via"] == "token" and label["detail"]["action"] == "reject"
+    assert label["target"] == f"/api/items/{item['id']}/label" and label["detail"]["item_id"] == str(item["id"])
+    assert "password" not in str(log)
+    only = client.get("/api/audit", headers=bearer(root), params={"actor": "ann", "failed": "false"}).json()
+    assert [e["action"] for e in only["entries"]] == ["label"] and only["total"] == 1
+    page1 = client.get("/api/audit", headers=bearer(root), params={"limit": 2}).json()
+    page2 = client.get("/api/audit", headers=bearer(root),
+                       params={"limit": 2, "before_id": page1["next_before_id"]}).json()
+    assert [e["id"] for e in page1["entries"] + page2["entries"]] == [e["id"] for e in log["entries"][:4]]
+    assert client.get("/api/audit", headers=bearer(ann)).status_code == 403
+
+
+def _cli(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeloop", "users", *args, "--data-dir", str(data_dir)],
+                          input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_users_cli(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    r = _cli(data, "add", "alice", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n")
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    assert token.startswith("elu_") and "shown once" in r.stderr
+    r = _cli(data, "set-role", "alice", "viewer")
+    assert r.returncode == 1 and "last enabled admin" in r.stderr
+    assert _cli(data, "add", "bot", "--role", "reviewer", "--no-password").returncode == 0
+    new = _cli(data, "rotate-token", "bot").stdout.strip()
+    assert _cli(data, "disable", "bot").returncode == 0
+    listing = _cli(data, "list").stdout
+    assert "alice" in listing and "admin" in listing and "disabled" in listing
+    with Store(data) as store:
+        db = store.db.read()
+        assert accounts.get(db, "alice").role == "admin"
+        assert accounts.by_token(db, token)[0].name == "alice" and accounts.by_token(db, new)[0].name == "bot"
+        actions = [r[0] for r in db.execute("SELECT action FROM audit_log ORDER BY id").fetchall()]
+    assert actions == ["user_add", "user_add", "user_rotate_token", "user_disable"]

@@ -1,0 +1,123 @@
+"""Every route of the OpenAPI document and every HTML page, asked by every role and by nobody.
+
+Real accounts (argon2 passwords, personal API tokens) on a real store; the
+expected answer comes from trainer/server/roles.py, which must list every route.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from test_api_auth import TOKEN, make_config, seed
+from trainer.server.app import create_app
+from trainer.server.roles import RULES, Role, rule_for
+
+PUBLIC = {("POST", "/api/login"), ("GET", "/healthz"), ("GET", "/models/{name}/{version}.onnx"),
+          ("HEAD", "/models/{name}/{version}.onnx")}
+PAGES = ("/review", "/dataset", "/fleet", "/models", "/drift", "/users", "/audit")
+EXTRA = (("GET", "/openapi.json"), ("GET", "/docs"))  # behind login, outside the schema
+PARAMS = {"item_id": "1", "name": "nobody", "version": "1", "agent_id": "agent-x", "group": "grp-x",
+          "command_id": "cmd-x", "example_id": "ex-x"}
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A server whose first admin was made with the bootstrap token, then one account per other role."""
+    with TestClient(create_app(make_config(tmp_path_factory.mktemp("roles")), TOKEN)) as c:
+        seed(c.app.state.service.store)
+        boot = {"Authorization": f"Bearer {TOKEN}"}
+        tokens = {}
+        for role in ("admin", "publisher", "reviewer", "viewer"):
+            r = c.post("/api/users", headers=boot if role == "admin" else tokens["admin"],
+                       json={"name": f"{role}-1", "role": role, "password": PASSWORD})
+            assert r.status_code == 201, r.text
+            tokens[role] = {"Authorization": f"Bearer {r.json()['token']}"}
+        yield c, tokens
+
+
+def _operations(client: TestClient) -> list[tuple[str, str]]:
+    ops = [(m.upper(), p) for p, item in client.app.openapi()["paths"].items() for m in item]
+    return ops + list(EXTRA)
+
+
+def _concrete(path: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: PARAMS[m.group(1)], path)
+
+
+def test_every_route_is_in_the_role_table(world) -> None:
+    client, _ = world
+    ops = _operations(client)
+    assert len(ops) >= 50
+    missing = [(m, p) for m, p in ops if (m, p) not in PUBLIC and rule_for(m, _concrete(p)) is None]
+    assert missing == [], "routes without a role in trainer/server/roles.py"
+    templates = {(m, p) for m, p in ops} | {("GET", p) for p in PAGES}
+    stale = [(r.method, r.path) for r in RULES if (r.method, r.path) not in templates]
+    assert stale == [], "roles.py lists routes the app does not have"
+
+
+def _expected(method: str, path: str, role: Role | None) -> str:
+    if (method, path) in PUBLIC:
+        return "allowed"
+    if role is None:
+        return "401"
+    return "allowed" if role >= rule_for(method, _concrete(path)).role else "403"
+
+
+def test_every_route_times_every_role(world) -> None:
+    client, tokens = world
+    callers = {None: {}, **{Role.parse(r): h for r, h in tokens.items()}}
+    wrong = []
+    for method, path in _operations(client):
+        for role, headers in callers.items():
+            r = client.request(method, _concrete(path), headers=headers, json={})
+            want = _expected(method, path, role)
+            got = str(r.status_code) if r.status_code in (401, 403) else "allowed"
+            if r.status_code in (429, 500) or got != want:
+                wrong.append((method, path, role and role.label, r.status_code, r.text[:120]))
+    assert wrong == []
+
+
+def test_every_page_times_every_role(world) -> None:
+    client, tokens = world
+    for role in (None, *tokens):
+        client.cookies.clear()
+        if role is not None:
+            r = client.post("/api/login", json={"user": f"{role}-1", "password": PASSWORD})
+            assert r.status_code == 200 and r.json()["user"] == f"{role}-1"
+        for page in PAGES:
+            r = client.get(page, follow_redirects=False)
+            if role is None:
+                assert r.status_code == 303 and r.headers["location"].startswith("/login"), page
+                continue
+            allowed = Role.parse(role) >= rule_for("GET", page).role
+            assert r.status_code == (200 if allowed else 403), (role, page, r.status_code)
+            if allowed:  # the nav shows exactly the pages this role may open
+                shown = set(re.findall(r'<a href="(/[a-z]+)"', r.text.split("</nav>")[0]))
+                assert shown == {p for p in PAGES if Role.parse(role) >= rule_for("GET", p).role}, role
+    client.cookies.clear()
+
+
+def test_the_table_is_documented() -> None:
+    """Every role-protected route appears in the role table of trainer/server/README.md."""
+    readme = (Path(__file__).resolve().parents[1] / "trainer" / "server" / "README.md").read_text()
+    for rule in RULES:
+        assert f"`{rule.method} {rule.path}`" in readme, rule
+
+
+def test_the_policy() -> None:
+    """The table itself, stated independently: reads are for viewers, and the writes that matter are gated."""
+    by = {(r.method, r.path): r.role for r in RULES}
+    not_viewer_reads = {p for (m, p), role in by.items() if m == "GET" and role != Role.VIEWER}
+    assert not_viewer_reads == {"/api/export", "/api/users", "/api/audit", "/users", "/audit"}
+    assert by[("POST", "/api/items/{item_id}/label")] == Role.REVIEWER
+    assert by[("POST", "/api/undo")] == Role.REVIEWER
+    for (m, p), role in by.items():
+        if m == "POST" and (p.startswith("/api/models/") or "/commands" in p or "/bundles" in p):
+            assert role == Role.PUBLISHER, p
+        if p.startswith("/api/users") or p.startswith("/api/import"):
+            assert role == Role.ADMIN, p

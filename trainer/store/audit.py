@@ -1,0 +1,76 @@
+"""The audit log (migration 0007): who did what, when, from where, and how it ended.
+
+One row per state-changing request (and per login, and per ``edgeloop users``
+change): the actor's name, how they authenticated (``session``, ``token``,
+``bootstrap``, ``cli``), the client address, an action name from
+trainer/server/roles.py, the target (the route's path), the HTTP status, and
+a small JSON detail (the request's scalar fields, secrets left out). Rows are
+only ever appended. Plain portable SQL; reads page by id, newest first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+MAX_DETAIL = 2048
+MAX_TEXT = 512
+COLUMNS = ("id", "at", "actor", "via", "client", "action", "target", "status", "detail")
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    actor: str | None = None
+    action: str | None = None
+    since: float | None = None
+    until: float | None = None
+    failed: bool | None = None  # True: only refused/failed (status >= 400); False: only successful
+    before_id: int | None = None  # paging: rows older than this id
+    limit: int = 50
+
+
+def record(db, actor: str, via: str, client: str, action: str, target: str = "", status: int = 200,
+           detail: dict | None = None, at: float | None = None) -> None:
+    """Append one row (inside ``store.write``)."""
+    text = json.dumps(detail or {}, default=str, ensure_ascii=False)
+    if len(text) > MAX_DETAIL:
+        text = json.dumps({"truncated": text[:MAX_DETAIL - 100]})
+    db.execute("INSERT INTO audit_log (at, actor, via, client, action, target, status, detail)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               [time.time() if at is None else at, actor[:MAX_TEXT], via[:32], client[:MAX_TEXT], action[:64],
+                target[:MAX_TEXT], int(status), text])
+
+
+def query(db, q: AuditQuery) -> tuple[list[dict], int]:
+    """(rows newest first, total matching the filters without paging)."""
+    where, args = [], []
+    for column, value in (("actor", q.actor), ("action", q.action)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if q.since is not None:
+        where.append("at >= ?")
+        args.append(q.since)
+    if q.until is not None:
+        where.append("at < ?")
+        args.append(q.until)
+    if q.failed is not None:
+        where.append("status >= 400" if q.failed else "status < 400")
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    total = db.execute(f"SELECT count(*) FROM audit_log{clause}", args).fetchone()[0]
+    if q.before_id is not None:
+        clause += (" AND" if where else " WHERE") + " id < ?"
+        args = [*args, q.before_id]
+    rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM audit_log{clause} ORDER BY id DESC LIMIT ?",
+                      [*args, q.limit]).fetchall()
+    out = []
+    for row in rows:
+        d = dict(zip(COLUMNS, row))
+        d["detail"] = json.loads(d["detail"])
+        out.append(d)
+    return out, total
+
+
+def actions(db) -> list[str]:
+    return [r[0] for r in db.execute("SELECT DISTINCT action FROM audit_log ORDER BY action").fetchall()]
