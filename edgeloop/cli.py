@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "replay": ("trainer.replay.cli", "trainer", "measure active-learning strategies on a labelled dataset"),
     "demo": ("edgeloop.demo", "trainer", "run the whole loop locally with embedded defaults"),
     "bench": ("bench.cli", "trainer", "run a benchmark and write its figures as JSON"),
+    "store": ("trainer.store.cli", "trainer", "move the store between SQLite and PostgreSQL (migrate), count its rows"),
 }
 
 

@@ -85,6 +85,40 @@ class Dialect:
     def unlock_migrations(self) -> str | None:
         return None if self.name == "sqlite" else "SELECT pg_advisory_unlock(7402531)"
 
+    # -- schema facts (``trainer.store.move`` copies any table the migrations made) --------------------
+    def tables(self, conn: "Conn") -> list[str]:
+        if self.name == "sqlite":
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        else:
+            sql = ("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+                   " AND table_type = 'BASE TABLE' ORDER BY table_name")
+        return [r[0] for r in conn.execute(sql).fetchall()]
+
+    def columns(self, conn: "Conn", table: str) -> list[str]:
+        if self.name == "sqlite":
+            return [r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()]
+        return [r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_schema ="
+                                           " current_schema() AND table_name = ? ORDER BY ordinal_position",
+                                           [table]).fetchall()]
+
+    def primary_key(self, conn: "Conn", table: str) -> list[str]:
+        if self.name == "sqlite":
+            rows = conn.execute(f"PRAGMA table_info({table})").fetchall()
+            return [r[1] for r in sorted((r for r in rows if r[5]), key=lambda r: r[5])]
+        return [r[0] for r in conn.execute(
+            "SELECT k.column_name FROM information_schema.table_constraints c JOIN information_schema.key_column_usage k"
+            " ON k.constraint_name = c.constraint_name AND k.table_schema = c.table_schema AND k.table_name = c.table_name"
+            " WHERE c.table_schema = current_schema() AND c.table_name = ? AND c.constraint_type = 'PRIMARY KEY'"
+            " ORDER BY k.ordinal_position", [table]).fetchall()]
+
+    def reset_ids(self, conn: "Conn", table: str) -> None:
+        """After rows were copied in with their ids: the next generated id follows the largest."""
+        if self.name == "sqlite":
+            return
+        seq = conn.execute("SELECT pg_get_serial_sequence(?, 'id')", [table]).fetchone()
+        if seq and seq[0]:
+            conn.execute(f"SELECT setval('{seq[0]}', coalesce((SELECT max(id) FROM {table}), 0) + 1, false)").fetchall()
+
     def max_params(self) -> int:
         return 900 if self.name == "sqlite" else 30_000
 
