@@ -12,7 +12,7 @@ from trainer.server.app import create_app
 from trainer.server.config import ServerConfig
 
 TOKEN = "pages-test-token-0123456789abcdef"
-PAGES = ("/review", "/dataset", "/fleet", "/models")
+PAGES = ("/review", "/dataset", "/fleet", "/models", "/drift", "/users", "/audit")
 
 
 @pytest.fixture
