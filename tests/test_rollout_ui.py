@@ -71,8 +71,8 @@ def test_stage_progress_pause_resume_and_abort_on_the_models_page(tmp_path: Path
             page.click("#btn-pause")
             page.wait_for_selector("#rollout-stages[data-paused='yes']")
             page.wait_for_selector("#rollout[data-state='paused']")
-            assert page.is_disabled("#btn-pause") and page.is_enabled("#btn-resume")
-            assert "paused" in page.inner_text("#rollout-hold")
+            page.wait_for_selector("#btn-pause:disabled")
+            assert page.is_enabled("#btn-resume") and "paused" in page.inner_text("#rollout-hold")
             if os.environ.get("EDGELOOP_SCREENSHOTS"):
                 out = Path(os.environ["EDGELOOP_SCREENSHOTS"])
                 out.mkdir(parents=True, exist_ok=True)
@@ -84,5 +84,6 @@ def test_stage_progress_pause_resume_and_abort_on_the_models_page(tmp_path: Path
             page.click("#btn-halt")
             page.wait_for_selector("#rollout[data-state='halted']", timeout=20_000)
             assert "cancelled by an operator" in page.inner_text("#rollout")
-            assert page.is_disabled("#btn-pause") and page.is_disabled("#btn-resume")
+            page.wait_for_selector("#btn-pause:disabled")
+            page.wait_for_selector("#btn-resume:disabled")
             assert not errors, errors

@@ -14,6 +14,7 @@
   const STAGE_BADGE = { done: "ok", current: "warn", waiting: "" };
   const VERDICT = { wait: "holding", widen: "healthy: widening", halt: "failing: halting" };
   let timer = null;
+  let seq = 0; // a poll answered after a later poll or action is stale: drop it
 
   const secs = (s) => (s >= 90 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${s.toFixed(0)} s`);
 
@@ -48,8 +49,11 @@
   async function poll() {
     let fast = false;
     if (models.name && root.dataset.publish === "on") {
+      const mine = ++seq;
       try {
-        fast = render(await api(`/api/models/${encodeURIComponent(models.name)}/rollout`));
+        const r = await api(`/api/models/${encodeURIComponent(models.name)}/rollout`);
+        if (mine !== seq) return; // a newer poll or action owns the timer now
+        fast = render(r);
       } catch (err) {
         if (err.status !== 401) fill($("rollout-stages"), h("span.muted", `Stages unavailable: ${err.message}`));
       }
@@ -59,8 +63,10 @@
   }
 
   async function act(action) {
+    const mine = ++seq;
     try {
-      render(await api(`/api/models/${encodeURIComponent(models.name)}/rollout/${action}`, { method: "POST" }));
+      const r = await api(`/api/models/${encodeURIComponent(models.name)}/rollout/${action}`, { method: "POST" });
+      if (mine === seq) render(r);
     } catch (err) {
       const box = $("models-error");
       box.textContent = `Could not ${action} the rollout: ${err.message}`;
