@@ -125,7 +125,8 @@ def test_the_example_agent_config_runs_the_real_agent_through_this_broker(peers,
 
 def test_the_example_server_config_runs_the_real_server_through_this_broker(peers, prod_broker, tmp_path):
     """deploy/examples/server.toml with only addresses and paths swapped: its user (collector and publisher),
-    the loopback listener, the ACL, the password from the environment as in server.env."""
+    the TLS server listener (the broker's certificate checked against the CA), the ACL, the password from the
+    environment as in server.env."""
     import agent_helpers
     from trainer.publish.keys import generate
     from trainer.server.config import MQTT_PASSWORD_ENV, TOKEN_ENV
@@ -134,7 +135,9 @@ def test_the_example_server_config_runs_the_real_server_through_this_broker(peer
     assert cfg["mqtt"]["username"] == SERVER_USER and cfg["publish"]["mqtt_username"] == SERVER_USER
     env = {**os.environ, TOKEN_ENV: "a-token-for-the-deploy-tests", MQTT_PASSWORD_ENV: PASSWORDS[SERVER_USER]}
     http_port = free_port()
-    cfg["mqtt"]["port"] = cfg["publish"]["mqtt_port"] = prod_broker.local_port
+    assert cfg["mqtt"]["tls"] and cfg["publish"]["mqtt_tls"], "the server must reach the broker over TLS"
+    cfg["mqtt"]["port"] = cfg["publish"]["mqtt_port"] = prod_broker.server_port
+    cfg["mqtt"]["ca_file"] = cfg["publish"]["mqtt_ca_file"] = str(prod_broker.pki["ca.crt"])
     cfg["http"] |= {"host": "127.0.0.1", "port": http_port}
     cfg["store"]["data_dir"] = str(tmp_path / "data")
     cfg["publish"]["signing_key"] = str(generate(tmp_path / "keys").private)

@@ -251,7 +251,8 @@ def test_example_agent_config_is_valid():
 def test_example_server_config_is_valid():
     from trainer.server.config import ServerConfig
     cfg = ServerConfig.model_validate(tomllib.loads((DEPLOY / "examples" / "server.toml").read_text()))
-    assert cfg.mqtt.username == "server@edgeloop" and cfg.mqtt.port == 1883
+    assert cfg.mqtt.username == "server@edgeloop" and cfg.mqtt.port == 8884 and cfg.mqtt.tls and cfg.mqtt.ca_file
+    assert cfg.publish.mqtt_port == 8884 and cfg.publish.mqtt_tls and cfg.publish.mqtt_ca_file
     assert str(cfg.store.data_dir) == "/var/lib/edgeloop"
 
 
@@ -425,6 +426,8 @@ def test_acl_covers_every_topic_of_the_protocol_in_its_direction():
             assert words[0] in ("topic", "pattern") and words[1] in ("read", "write", "readwrite"), line
             for access in (("read", "write") if words[1] == "readwrite" else (words[1],)):
                 granted.add(("%pattern" if words[0] == "pattern" else user, access, words[2]))
-    # The server may also read back the announcements it publishes (retained state).
-    assert granted - expected <= {("server@edgeloop", "read", "edgeloop/v1/models/+/announce")}
+    # The server may also read back the announcements it publishes (retained state), and publishes drift
+    # alerts (trainer/drift/monitor.py: a server event, no agent reads it).
+    assert granted - expected <= {("server@edgeloop", "read", "edgeloop/v1/models/+/announce"),
+                                  ("server@edgeloop", "write", "edgeloop/v1/events/drift/+")}
     assert expected <= granted, sorted(expected - granted)

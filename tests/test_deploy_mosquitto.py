@@ -161,10 +161,10 @@ class Broker:
             result = add_credentials("server" if user == SERVER_USER else "agent", self.passwd,
                                      "" if user == SERVER_USER else user, password)
             assert result.returncode == 0, result.stderr
-        self.agent_port, self.server_port, self.local_port = free_port(), free_port(), free_port()
+        self.agent_port, self.server_port = free_port(), free_port()
         conf = folder / "mosquitto.conf"
         text = render_conf((DEPLOY / "mosquitto.conf").read_text(), self.secrets, data,
-                           {8883: self.agent_port, 8884: self.server_port, 1883: self.local_port})
+                           {8883: self.agent_port, 8884: self.server_port})
         if client_certs:  # the option the config documents for the agent listener
             password_mode = "require_certificate false\nuse_identity_as_username false\n"
             assert text.count(password_mode) == 1, "the agent listener's certificate options moved"
@@ -175,7 +175,7 @@ class Broker:
             self.proc = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            for port in (self.agent_port, self.server_port, self.local_port):
+            for port in (self.agent_port, self.server_port):
                 wait_port("127.0.0.1", port)
         except TimeoutError:
             self.stop()
@@ -397,6 +397,9 @@ def test_only_the_server_sends_commands_and_configuration_bundles(peers):
     bundles = [m.payload for m in got if m.topic == config_topic("north")]
     assert bundles == [encode(factories.config_bundle())]
     assert server.publish(config_topic("north"), b"", retain=True) == 0  # clear the retained copy
+    # Drift alerts (trainer/drift/monitor.py) are the server's too.
+    assert server.publish("edgeloop/v1/events/drift/cam-1", b'{"kind": "drift"}') == 0
+    assert cam2.publish("edgeloop/v1/events/drift/cam-2", b'{"kind": "drift"}') == NOT_AUTHORIZED
 
 
 @pytest.mark.parametrize("filter_", ["#", "edgeloop/#", "edgeloop/v1/agents/+/+", SAMPLES_FILTER,
@@ -426,7 +429,6 @@ def test_wildcard_subscriptions_show_an_agent_nothing_of_others(peers, filter_):
 def test_anonymous_client_is_refused(peers, prod_broker, protocol):
     for port in (prod_broker.agent_port, prod_broker.server_port):
         assert peers(None, protocol=protocol, port=port).connect() in REFUSED
-    assert peers(None, protocol=protocol, port=prod_broker.local_port, tls=False).connect() in REFUSED
 
 
 @pytest.mark.parametrize("username,password", [("cam-1", "not-the-password"), ("cam-9", "cam-1-password-for-tests"),
@@ -435,18 +437,26 @@ def test_wrong_credentials_are_refused(peers, username, password):
     assert peers(username, password=password).connect() in REFUSED
 
 
-def test_loopback_listener_applies_the_same_acl(peers, prod_broker):
-    # The plain listener a server on the broker's host uses: same password
-    # file, same ACL, client ids not forced (several collectors share a user).
-    server = connected(peers, SERVER_USER, port=prod_broker.local_port, tls=False, client_id="collector-a")
+def test_server_listener_lets_collectors_share_the_server_user(peers, prod_broker):
+    # The TLS listener every server process uses: same password file, same ACL,
+    # client ids not forced (several collectors and the publisher share a user).
+    server = connected(peers, SERVER_USER, client_id="collector-a")
     assert server.subscribe(shared(SAMPLES_FILTER)) == [1]
-    second = connected(peers, SERVER_USER, port=prod_broker.local_port, tls=False, client_id="collector-b")
+    second = connected(peers, SERVER_USER, client_id="collector-b")
     assert second.publish(receipt_topic("cam-1"), encode(factories.receipt())) == 0
-    agent = connected(peers, "cam-2", port=prod_broker.local_port, tls=False)
-    assert agent.publish(sample_topic("cam-1", "local"), sample_payload("cam-1", "local", 1)) == NOT_AUTHORIZED
-    assert agent.publish(sample_topic("cam-2", "local"), sample_payload("cam-2", "local", 1)) == 0
-    assert sample_topic("cam-1", "local") not in topics(server.until(sample_topic("cam-2", "local")))
+    agent = connected(peers, "cam-2", port=prod_broker.server_port)
+    assert agent.publish(sample_topic("cam-1", "srv"), sample_payload("cam-1", "srv", 1)) == NOT_AUTHORIZED
+    assert agent.publish(sample_topic("cam-2", "srv"), sample_payload("cam-2", "srv", 1)) == 0
+    assert sample_topic("cam-1", "srv") not in topics(server.until(sample_topic("cam-2", "srv")))
     assert not server.disconnected.is_set(), "collector-b's login kicked collector-a off"
+
+
+def test_the_broker_has_no_plain_text_listener():
+    conf = (DEPLOY / "mosquitto.conf").read_text()
+    listeners = re.findall(r"^listener (\d+)", conf, re.M)
+    assert sorted(listeners) == ["8883", "8884"]
+    for block in re.split(r"^listener ", conf, flags=re.M)[1:]:
+        assert re.search(r"^certfile ", block, re.M), f"listener {block.split()[0]} without TLS"
 
 
 def test_plain_tcp_to_the_tls_ports_gets_no_connack(prod_broker):

@@ -44,7 +44,8 @@ class FleetService:
         m = config.mqtt
         settings = MqttSettings(host=m.host, port=m.port, client_id=f"{m.client_id}-fleet", username=m.username,
                                 password=m.password.get_secret_value() if m.password else None,
-                                keepalive=m.keepalive_s)
+                                keepalive=m.keepalive_s, tls=m.tls, ca_file=m.ca_file, cert_file=m.cert_file,
+                                key_file=m.key_file, tls_insecure=m.tls_insecure)
         key, problem = None, ""
         if config.publish is not None:
             from trainer.publish.keys import KeyError_, load_signing_key

@@ -1,7 +1,10 @@
 """A small paho client for the publishing side: retained QoS 1 announcements, fleet health.
 
 paho's network thread reconnects on its own; subscriptions are renewed on
-every connect because the session is clean.
+every connect because the session is clean. ``secure`` is the one place a
+server-side paho client (this link, the collector, the fleet service) gets its
+TLS settings: the broker's certificate is always verified against ``ca_file``
+(or the system's CAs), a client certificate is optional.
 """
 
 from __future__ import annotations
@@ -33,7 +36,22 @@ class MqttSettings:
     password: str | None = None
     tls: bool = False
     ca_file: str | None = None
+    cert_file: str | None = None  # a client certificate, when the broker listener asks for one
+    key_file: str | None = None
+    tls_insecure: bool = False  # skip the host name check (the chain is still verified): lab use only
     keepalive: int = 30
+
+
+def secure(client: mqtt.Client, *, tls: bool, username: str | None, password: str | None,
+           ca_file: object = None, cert_file: object = None, key_file: object = None,
+           tls_insecure: bool = False) -> None:
+    """Credentials and TLS for a paho client (before connect). OSError/ssl.SSLError for an unreadable file."""
+    if username:
+        client.username_pw_set(username, password)
+    if tls:
+        client.tls_set(ca_certs=str(ca_file) if ca_file else None, certfile=str(cert_file) if cert_file else None,
+                       keyfile=str(key_file) if key_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_insecure_set(tls_insecure)
 
 
 class MqttLink:
@@ -45,10 +63,9 @@ class MqttLink:
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id)
-        if settings.username:
-            c.username_pw_set(settings.username, settings.password)
-        if settings.tls:
-            c.tls_set(ca_certs=settings.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        secure(c, tls=settings.tls, username=settings.username, password=settings.password,
+               ca_file=settings.ca_file, cert_file=settings.cert_file, key_file=settings.key_file,
+               tls_insecure=settings.tls_insecure)
         c.reconnect_delay_set(0.2, 10)
         c.on_connect = self._connected_cb
         c.on_disconnect = lambda *_a: self._connected.clear()

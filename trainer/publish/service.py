@@ -43,6 +43,8 @@ class PublishingConfig(BaseModel):
     mqtt_username: str | None = None  # password from $EDGELOOP_MQTT_PASSWORD
     mqtt_tls: bool = False
     mqtt_ca_file: str | None = None
+    mqtt_cert_file: str | None = None  # a client certificate, when the broker listener asks for one
+    mqtt_key_file: str | None = None
     rollout: RolloutPolicy = RolloutPolicy()
     drift: DriftConfig = DriftConfig()  # [publish.drift]: live confidence histograms vs each model's test split
 
@@ -71,7 +73,8 @@ class PublishingService:
         watch = FleetWatch()
         settings = MqttSettings(host=config.mqtt_host, port=config.mqtt_port, client_id=client_id,
                                 username=config.mqtt_username, password=os.environ.get(PASSWORD_ENV),
-                                tls=config.mqtt_tls, ca_file=config.mqtt_ca_file)
+                                tls=config.mqtt_tls, ca_file=config.mqtt_ca_file,
+                                cert_file=config.mqtt_cert_file, key_file=config.mqtt_key_file)
         link = MqttLink(settings, (STATUS_FILTER, TELEMETRY_FILTER), watch.on_message)
         try:
             link.start()

@@ -40,7 +40,14 @@ class MqttConfig(_Strict):
     # split the sample load. None = a plain subscription.
     shared_group: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     username: str | None = None
-    password: SecretStr | None = None
+    password: SecretStr | None = None  # or $EDGELOOP_MQTT_PASSWORD
+    # TLS to the broker (deploy/: the server listener on 8884), as the agent's [mqtt] does: the broker's
+    # certificate is checked against ca_file (default: the system's CAs); cert_file/key_file are optional.
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False  # skip the host name check (the chain is still verified): lab use only
     keepalive_s: int = Field(30, ge=5, le=3600)
     session_expiry_s: int = Field(7 * 86400, ge=0, le=2**32 - 1)
     batch_max: int = Field(200, ge=1, le=1024)
@@ -48,6 +55,22 @@ class MqttConfig(_Strict):
     receipt_qos: int = Field(1, ge=0, le=2)
     # Payload bytes received but not yet committed; past it the network thread waits (TCP backpressure).
     max_inflight_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024, le=16 * 1024**3)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> "MqttConfig":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mqtt.cert_file and mqtt.key_file go together")
+        if not self.tls and (self.ca_file or self.cert_file or self.tls_insecure):
+            raise ValueError("mqtt.ca_file, cert_file and tls_insecure need mqtt.tls = true")
+        return self
+
+    def secure(self, client) -> None:
+        """Credentials and TLS on a paho client before it connects (trainer/publish/mqttlink.py)."""
+        from trainer.publish.mqttlink import secure
+
+        secure(client, tls=self.tls, username=self.username,
+               password=self.password.get_secret_value() if self.password else None, ca_file=self.ca_file,
+               cert_file=self.cert_file, key_file=self.key_file, tls_insecure=self.tls_insecure)
 
 
 class HttpConfig(_Strict):

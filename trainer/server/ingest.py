@@ -94,8 +94,7 @@ def probe_mqtt5(cfg: MqttConfig, timeout: float = 3.0) -> bool:
     """Whether the broker speaks MQTT 5 (amqtt, for one, does not)."""
     result: list = []
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    if cfg.username:
-        client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+    cfg.secure(client)  # credentials and TLS, as the collector itself will connect
     client.on_connect = lambda c, u, f, rc, p: result.append(rc)
     try:
         client.connect(cfg.host, cfg.port, keepalive=10)
@@ -151,8 +150,7 @@ class Collector:
         else:
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
                                  protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True)
-        if cfg.username:
-            client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+        cfg.secure(client)  # username/password, TLS (mqtt.tls, ca_file, cert_file, key_file)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
