@@ -12,7 +12,7 @@ from trainer.store import Conflict, InvalidLabel, NotFound, QueueFilter, Store
 
 from . import schemas as s
 from .auth import COOKIE, Auth, RateLimited, bearer, client_address, require_user, safe_next
-from .metrics import prometheus_text
+from .metrics import render as render_metrics
 
 User = Annotated[str, Depends(require_user)]
 ERRORS = {401: {"model": s.ErrorOut, "description": "no or wrong credentials"},
@@ -224,7 +224,6 @@ def metrics_user(request: Request,
 
 @public.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics", responses=ERRORS)
 def metrics(request: Request, user: Annotated[str | None, Depends(metrics_user)]) -> str:
-    svc = request.app.state.service
-    drift = getattr(svc.publishing, "drift", None)  # trainer.drift.monitor: PSI and alerts per agent
-    return (prometheus_text(svc.metrics, svc.store.dead_letter_counts(), svc.store.queue_depth(), svc.store.count())
-            + (drift.prometheus_text() if drift is not None else ""))
+    # prometheus-client exposition of this process's counters, the store, fleet, rollout, training, retention
+    # and drift (trainer/server/metrics.py).
+    return render_metrics(request.app.state.service)

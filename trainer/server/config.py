@@ -18,6 +18,8 @@ from trainer.assist.config import AssistConfig
 from trainer.publish.service import PublishingConfig
 from trainer.store.labels import label_problem
 from trainer.rounds.pipeline import RoundsConfig
+from trainer.roles.config import RolesConfig
+from trainer.store.retention import RetentionConfig
 
 TOKEN_ENV = "EDGELOOP_SERVER_TOKEN"
 MQTT_PASSWORD_ENV = "EDGELOOP_MQTT_PASSWORD"
@@ -141,6 +143,10 @@ class ServerConfig(_Strict):
     # A teacher model that pre-labels unlabelled items (trainer/assist); without it reviewers start from
     # the edge model's prediction only.
     assist: AssistConfig | None = None
+    # Which parts run in this process (trainer/roles): by default all of them, as one embedded server.
+    roles: RolesConfig = RolesConfig()
+    # What the store may forget, and the hard limit above which new samples are refused (trainer/store/retention.py).
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _same_model(self) -> "ServerConfig":

@@ -127,8 +127,10 @@ def _rejected_frame(topic: str, payload: bytes) -> tuple[str, str] | None:
 class Collector:
     """Owns one paho client and the batching thread that feeds the store."""
 
-    def __init__(self, store: Store, config: MqttConfig, metrics: Metrics) -> None:
+    def __init__(self, store: Store, config: MqttConfig, metrics: Metrics, meter=None) -> None:
         self.store = store
+        # trainer.store.retention.StorageMeter: over its hard limit samples are refused for now (store_full).
+        self.meter = meter
         self.cfg = config
         self.metrics = metrics
         self._inbox: queue.Queue[Raw] = queue.Queue()  # bounded in bytes by ``budget``
@@ -278,6 +280,11 @@ class Collector:
                 self._dead(b, raw, e.reason, e.detail, now)
                 continue
             if isinstance(msg, protocol.Sample):
+                if self.meter is not None and not self.meter.admit():
+                    # Refused for now: acked to the broker but never receipted, so the agent keeps the
+                    # frame in its outbox and sends it again after its receipt timeout.
+                    self.metrics.inc("dead_letters", label="store_full")
+                    continue
                 if not msg.frame_id.startswith(msg.agent_id + "."):
                     # Frame ids are "<agent>.<camera>.<n>": another agent's id would shadow its real frame.
                     self._dead(b, raw, "frame_id_not_owned", f"{msg.frame_id!r:.200} from {msg.agent_id}", now)
@@ -326,6 +333,9 @@ class Collector:
         self.metrics.inc("ingest_batches")
         self.metrics.inc("ingest_stored", result.new)
         self.metrics.inc("ingest_duplicates", result.duplicates)
+        if self.meter is not None and result.new:
+            kept = set(result.stored)
+            self.meter.added(sum(len(inc.sample.jpeg) for inc in prepared if inc.sample.frame_id in kept))
         return result
 
     def _send_receipts(self, b: _Batch, stored: tuple[str, ...], conflicts: tuple = ()) -> None:

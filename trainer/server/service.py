@@ -25,6 +25,8 @@ class Service:
         self.rounds = None  # trainer.rounds.pipeline.RoundManager, with [rounds]
         self.assist = None  # trainer.assist.worker.Assist, with [assist]
         self.fleet = None  # trainer.fleet.service.FleetService (commands, config bundles), with MQTT
+        self.meter = None  # trainer.store.retention.StorageMeter: usage by category, the hard limit
+        self.retention = None  # trainer.store.retention.RetentionThread, with [roles] retention or a collector
         self._stop = threading.Event()
         self._hasher: threading.Thread | None = None
 
@@ -34,9 +36,17 @@ class Service:
                            pool_size=cfg.store.pool_size)
         p = cfg.project
         self.store.configure_project(name=p.name, task=p.task, labels=p.labels, batch_size=p.batch_size)
-        if cfg.mqtt.enabled:
-            self.collector = Collector(self.store, cfg.mqtt, self.metrics)
+        roles = cfg.roles  # which parts run in this process (trainer/roles/config.py)
+        collecting = cfg.mqtt.enabled and roles.collector
+        if roles.retention or collecting:
+            from trainer.store.retention import RetentionThread, StorageMeter
+
+            self.meter = StorageMeter(cfg.retention.hard_limit_bytes)
+            self.retention = RetentionThread(self.store, cfg.retention, self.meter, prune=roles.retention).start()
+        if collecting:
+            self.collector = Collector(self.store, cfg.mqtt, self.metrics, meter=self.meter)
             self.collector.start()
+        if cfg.mqtt.enabled and (collecting or cfg.http.enabled):
             from trainer.fleet.service import FleetService
 
             self.fleet = FleetService.open(cfg, self.store)
@@ -103,6 +113,9 @@ class Service:
         if self.assist:
             self.assist.stop()
             self.assist = None
+        if self.retention:
+            self.retention.stop()
+            self.retention = None
         if self.rounds:
             self.rounds.close()
             self.rounds = None
