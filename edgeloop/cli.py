@@ -19,6 +19,8 @@ from edgeloop import __version__
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "agent": ("agent.cli", "agent", "run the edge agent: camera -> ONNX -> sampling -> MQTT uplink"),
     "server": ("trainer.server.cli", "trainer", "run the collector, the error queue and the review UI"),
+    "collector": ("trainer.roles.collector_cli", "trainer", "MQTT ingest only (several share the topics)"),
+    "worker": ("trainer.roles.worker_cli", "trainer", "train round jobs claimed from the store (any number)"),
     "dataset": ("trainer.data.cli", "trainer", "import or export a dataset (ImageFolder, COCO, YOLO, VOC)"),
     "train": ("trainer.train.cli", "trainer", "train a round on a dataset and export ONNX"),
     "augment-preview": ("trainer.train.preview_cli", "trainer", "write a PNG grid of augmented examples"),

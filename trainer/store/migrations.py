@@ -291,6 +291,17 @@ def _accounts_and_audit(db) -> None:
     db.execute("CREATE INDEX audit_log_action ON audit_log (action, id)")
 
 
+@migrations(name="0008_round_jobs")
+def _round_jobs(db: Conn) -> None:
+    # Rounds as jobs that worker processes claim with a lease (trainer/rounds/jobs.py). ``active`` is 1 while
+    # queued or running, else NULL: the unique index allows one active round on both backends.
+    for column in ("active INTEGER", "owner TEXT", "lease_until REAL", "heartbeat_at REAL",
+                   "attempts INTEGER NOT NULL DEFAULT 0", "cancel_requested INTEGER NOT NULL DEFAULT 0",
+                   "progress TEXT NOT NULL DEFAULT '[]'", "reason TEXT NOT NULL DEFAULT ''"):
+        db.execute(f"ALTER TABLE rounds ADD COLUMN {column}")
+    db.execute("CREATE UNIQUE INDEX rounds_one_active ON rounds (active)")
+
+
 def migrate(db: Conn) -> None:
     migrations.apply(db)
 
