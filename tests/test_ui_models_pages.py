@@ -13,7 +13,7 @@ from trainer.server.config import ServerConfig
 from trainer.server.pages import NAV
 
 TOKEN = "models-pages-token-0123456789abcdef"
-SCRIPTS = ("common.js", "charts.js", "models.js", "rounds.js")
+SCRIPTS = ("common.js", "charts.js", "models.js", "rounds.js", "rollout.js")
 
 
 def _client(tmp_path: Path, **sections) -> TestClient:
