@@ -38,9 +38,15 @@ class Dialect:
         # SQLite: take the write lock now, so a read-then-write cannot fail on upgrade.
         return "BEGIN IMMEDIATE" if self.name == "sqlite" else "BEGIN"
 
-    def for_update(self) -> str:
-        """Appended to a SELECT that reads rows it will then write (SQLite's BEGIN IMMEDIATE already locks)."""
-        return "" if self.name == "sqlite" else " FOR UPDATE"
+    def for_update(self, skip_locked: bool = False) -> str:
+        """Appended to a SELECT that reads rows it will then write (SQLite's BEGIN IMMEDIATE already locks).
+
+        ``skip_locked``: rows another transaction holds are passed over (a job queue's claim); on SQLite
+        the one writer makes every claim exclusive anyway.
+        """
+        if self.name == "sqlite":
+            return ""
+        return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
 
     def greatest(self, a: str, b: str) -> str:
         return f"max({a}, {b})" if self.name == "sqlite" else f"greatest({a}, {b})"
