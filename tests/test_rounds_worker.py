@@ -21,7 +21,7 @@ from trainer.rounds.worker import Busy, RoundOutcome
 from trainer.store import Store, incoming, new_example
 from trainer.synthetic.shapes import CLASSES, ShapesGenerator
 
-TRAIN = {"model": "small_cnn", "input_size": 32, "epochs": 2, "batch_size": 16, "patience": 5,
+TRAIN = {"model": "small_cnn", "input_size": 32, "epochs": 2, "min_steps": 0, "batch_size": 16, "patience": 5,
          "augment": {"enabled": False}, "export": {"verify_images": 2}, "device": "cpu"}
 
 
@@ -78,6 +78,8 @@ def test_batch_triggers_a_round_that_is_registered_gated_and_rolled_out(store, t
         assert progress["state"] == "done", progress
         assert [e["epoch"] for e in progress["epochs"]] == [0, 1]
         assert all(e["loss"] > 0 for e in progress["epochs"])
+        # the validation split's accuracy every epoch, next to the losses, for the live chart
+        assert all(e["metric_name"] == "accuracy" and 0 <= e["val_metric"] <= 1 for e in progress["epochs"])
         assert progress["last"]["version"] == 1 and progress["last"]["gate"]["publish"]
         assert store.corrected_since_last_round() == 3
         assert set(progress["last"]["timings"]) == {"process", "train", "register", "gate"}

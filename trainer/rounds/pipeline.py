@@ -31,6 +31,7 @@ from trainer.publish.gate import GateConfig, GateDecision, decide as gate_decide
 from .evaluate import same_split_metrics
 from trainer.drift.reference import store_reference
 from trainer.publish.registry import ModelRecord, NewModel, Registry
+from trainer.synthetic.mix import SyntheticMix, synthetic_state, top_up
 
 from . import trigger
 from .worker import Busy, RoundOutcome, RoundSpec, RoundWorker
@@ -46,6 +47,10 @@ class RoundsConfig(BaseModel):
     train: dict = Field(default_factory=dict)  # trainer.train.config.TrainConfig as a dict
     gate: GateConfig = GateConfig()
     auto_start: bool = True  # start a round when the batch of corrections is reached
+    # What the trigger counts towards the batch: every labelled edge sample, or only corrections
+    # (a class other than the model's, or edited boxes), as the seed's "30 to 50 errors" says.
+    trigger_count: trigger.TriggerCount = "labels"
+    synthetic: SyntheticMix | None = None  # mix generated examples into training (never val/test)
     auto_publish: bool = True  # roll out a candidate that passes the gate
     poll_s: float = Field(5.0, gt=0, le=3600)
 
@@ -109,7 +114,9 @@ class RoundManager:
     def check_trigger(self) -> trigger.TriggerDecision:
         """Start a round if the batch of corrections is reached (and none runs)."""
         project = self.store.project()
-        d = trigger.decide(self.store.corrected_since_last_round(), project.batch_size, self.worker.running)
+        count = self.config.trigger_count
+        d = trigger.decide(trigger.count_new_labels(self.store, count), project.batch_size, self.worker.running,
+                           count)
         if d.start:
             try:
                 self.start_round(d.reason)
@@ -146,6 +153,8 @@ class RoundManager:
             # The start time is taken before the snapshot: a correction made in between is in this
             # round's data and also counts towards the next batch, rather than in neither.
             started = time.time()
+            if self.config.synthetic is not None:
+                self._mix_synthetic()
             examples = self.store.examples()
             name = self.config.model_name
             current = self.registry.current(name)
@@ -171,8 +180,28 @@ class RoundManager:
                      f"v{current.version}" if current else "none")
             return round_id
 
+    def _mix_synthetic(self) -> None:
+        next_round = self.store.db.read().execute("SELECT coalesce(max(id), 0) + 1 FROM rounds").fetchone()[0]
+        try:
+            top_up(self.store, self.config.synthetic, int(next_round))
+        except Exception:  # a broken generator must not stop the loop from training on real labels
+            log.exception("synthetic mix failed; the round trains on the real examples only")
+
+    def trigger_state(self) -> dict:
+        """What the trigger counts and how far along the batch is, for the models page."""
+        count = self.config.trigger_count
+        return {"count": count, "counted": trigger.count_new_labels(self.store, count),
+                "batch_size": self.store.project().batch_size, "auto_start": self.config.auto_start,
+                "synthetic": None if self.config.synthetic is None else synthetic_state(self.store,
+                                                                                        self.config.synthetic)}
+
     def progress(self) -> dict:
         p = self.worker.progress()
+        try:
+            p["trigger"] = self.trigger_state()
+        except Exception:  # e.g. the store closing at shutdown: progress is still worth showing
+            log.exception("could not read the trigger's count")
+            p["trigger"] = None
         p["last"] = None if self.last is None else {
             "round_id": self.last.round_id, "state": self.last.state, "version": self.last.version,
             "gate": self.last.gate.to_dict() if self.last.gate else None, "error": self.last.error,

@@ -68,7 +68,7 @@ def _child_main(spec: RoundSpec, events: "mp.Queue", cancel: "mp.synchronize.Eve
 
         def on_epoch(e) -> None:
             events.put(("epoch", {"epoch": e.epoch, "loss": e.loss, "val_loss": e.val_loss, "lr": e.lr,
-                                  "seconds": e.seconds}))
+                                  "seconds": e.seconds, "val_metric": e.val_metric, "metric_name": e.metric_name}))
         try:
             result = run_round(spec.examples, TrainConfig.model_validate(spec.config), spec.out_dir,
                                parent=spec.parent, existing_splits=spec.existing_splits, round_index=spec.round_id,

@@ -271,7 +271,8 @@ def stats(db: Conn, project: Project) -> dict:
     guidance = (f"{total} labelled examples ({grade}). Train with at least {MIN_PER_CLASS} per class; about {GOOD} "
                 f"is good and about {PRODUCTION} is production grade. Keep classes balanced, and add 30-50 "
                 "corrected errors per round rather than many similar images.")
-    return {"task": project.task, "total": total, "counts": counts,
+    sources = dict(db.execute("SELECT source, count(*) FROM examples WHERE status = 'labeled' GROUP BY 1").fetchall())
+    return {"task": project.task, "total": total, "counts": counts, "sources": sources,
             "warnings": _warnings(counts, project.labels, project.task) + _box_warnings(db),
             "guidance": guidance, "duplicate_clusters": ranking.duplicate_clusters([(i, h) for i, h in hashes])}
 

@@ -106,7 +106,8 @@ def sample_weights(examples: Sequence[Example], task: str, balance: bool, curren
     """Per-example sampling weight: rarer classes up (if ``balance``), this round's examples up.
 
     Oversampling what is new is what lets 30-50 corrected examples move a model
-    trained on hundreds, while the old examples keep being seen.
+    trained on hundreds, while the old examples keep being seen. Generated
+    (synthetic) examples are never "new": the corrections are what matters.
     """
     counts = class_counts(examples, task)
     weights = []
@@ -117,7 +118,7 @@ def sample_weights(examples: Sequence[Example], task: str, balance: bool, curren
                 w = max(counts.values()) / counts[e.label]
             elif e.boxes:
                 w = max(max(counts.values()) / counts[b.label] for b in e.boxes)
-        if e.round_added == current_round and current_round > 0:
+        if e.round_added == current_round and current_round > 0 and e.source != "synthetic":
             w *= new_weight
         weights.append(w)
     return weights

@@ -38,6 +38,7 @@ class EpochStats:
     images: int
     val_metric: float | None = None  # accuracy (classification) or mAP@0.5 (detection) on validation
     steps: int = 0  # optimizer steps so far, this epoch included
+    metric_name: str | None = None  # "accuracy" or "map_50": what val_metric is
 
 
 @dataclass
@@ -163,7 +164,8 @@ def fit(model: nn.Module, train_loader, val_loader, task: str, opts: FitOptions,
         state["train_images"] += seen
         val_loss = evaluate_loss(model, val_loader, task, norm, val_criterion, amp) if val_loader else None
         metric = val_metric[1](model) if val_metric is not None and val_loader is not None else None
-        stats = EpochStats(epoch, loss, val_loss, lr, time.perf_counter() - t0, seen, metric, state["step"])
+        stats = EpochStats(epoch, loss, val_loss, lr, time.perf_counter() - t0, seen, metric, state["step"],
+                           result.metric_name)
         if not math.isfinite(stats.loss):
             raise TrainingError(f"the training loss became {stats.loss} in epoch {epoch + 1}: lower the learning "
                                 f"rate (now {opts.lr}) or check the labels")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pickle
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -210,8 +211,14 @@ def build_model(spec: ModelSpec, num_classes: int, input_size: int, weights: str
 def load_pretrained(model: nn.Module, weights: str) -> None:
     """Load a local state dict or a torchvision weights name, skipping shape mismatches (the head)."""
     if Path(weights).exists():
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        state = state.get("model", state) if isinstance(state, dict) else state
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            raise TrainingError(f"cannot load weights {weights}: {str(e)[:300]}") from e
+        if isinstance(state, dict):  # a bare state dict, {"model": ...}, or an edgeloop checkpoint
+            state = state.get("state_dict", state.get("model", state))
+        if not isinstance(state, dict):
+            raise TrainingError(f"{weights} holds no state dict")
     else:
         import torchvision
 
@@ -222,7 +229,9 @@ def load_pretrained(model: nn.Module, weights: str) -> None:
         except OSError as e:
             raise TrainingError(f"cannot download {weights!r} (no internet?): {e}; pass a local .pt file") from e
     own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    usable = {k: v for k, v in state.items() if k in own and hasattr(v, "shape") and own[k].shape == v.shape}
+    if not usable:
+        raise TrainingError(f"none of the tensors in {weights} fit this model: weights for another architecture?")
     skipped = len(own) - len(usable)
     model.load_state_dict(usable, strict=False)
     log.info("loaded %d tensors from %s (%d left at their initial values, e.g. the new head)", len(usable), weights, skipped)

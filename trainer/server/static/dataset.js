@@ -25,7 +25,10 @@
       card(String(labels.length), "classes"),
       card(String(smallest), "in the smallest class"),
       card(`${Math.round(100 * share)}%`, "largest class share"),
-      card(String((stats.duplicate_clusters || []).length), "near-duplicate clusters"));
+      card(String((stats.duplicate_clusters || []).length), "near-duplicate clusters"),
+      // generated examples mixed in by rounds ([rounds.synthetic]): they train, never validate or test
+      stats.sources && stats.sources.synthetic
+        ? card(String(stats.sources.synthetic), "synthetic (train only)") : null);
   }
 
   function table(stats, labels) {

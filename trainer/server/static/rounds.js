@@ -50,6 +50,20 @@
     ];
   }
 
+  const COUNTS = {
+    corrections: ["corrections", "only corrections count: a class other than the model's, or edited boxes"],
+    labels: ["labelled examples", "every labelled edge example counts, corrections or not"],
+  };
+
+  function triggerLine(t) {
+    if (!t) return null;
+    const [word, why] = COUNTS[t.count] || [t.count, ""];
+    return h("div.muted#round-trigger", { dataset: { count: t.count } },
+      `Next round: ${t.counted} of ${t.batch_size} ${word}`, t.auto_start ? "" : " (automatic start is off)",
+      ` · ${why}`, t.synthetic ? ` · ${Math.round(100 * t.synthetic.share)}% of training is synthetic `
+        + `(${t.synthetic.generator}; never in validation or test)` : "");
+  }
+
   function gateBlock(last) {
     const g = last.gate;
     if (!g) return null;
@@ -80,12 +94,16 @@
   function renderRound(p) {
     const status = $("round-status");
     status.dataset.state = finishing(p) ? "finishing" : p.state;
-    fill(status, statusLine(p));
+    fill(status, statusLine(p), triggerLine(p.trigger));
     const epochs = p.epochs || [];
+    const metric = epochs.find((e) => typeof e.val_metric === "number");
     edgeloop.lineChart($("loss-chart"), [
       { name: "loss", color: "#4c9aff", points: epochs.map((e) => ({ x: e.epoch + 1, y: e.loss })) },
       { name: "val loss", color: "#f2b84b", points: epochs.map((e) => ({ x: e.epoch + 1, y: e.val_loss })) },
-    ], { xLabel: "epoch", label: "loss and validation loss per epoch", xMin: maxEpochs ? 1 : undefined,
+      // accuracy or mAP@0.5 on the validation split, a 0-1 figure on the same axis
+      metric ? { name: `val ${metric.metric_name === "map_50" ? "mAP@0.5" : "accuracy"}`, color: "#36b37e",
+        points: epochs.map((e) => ({ x: e.epoch + 1, y: e.val_metric })) } : null,
+    ].filter(Boolean), { xLabel: "epoch", label: "loss, validation loss and validation metric per epoch", xMin: maxEpochs ? 1 : undefined,
       xMax: maxEpochs || undefined, yMin: 0,
       empty: p.state === "running" ? "Waiting for the first epoch…" : "No epochs to show." });
     fill($("round-outcome"), outcome(p));
