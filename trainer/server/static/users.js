@@ -3,9 +3,10 @@
 "use strict";
 
 (() => {
-  const { api, h, fill, ago, when } = edgeloop;
+  const { api, h, fill, append, ago, when } = edgeloop;
   const $ = (id) => document.getElementById(id);
   const ROLES = ["viewer", "reviewer", "publisher", "admin"];
+  let me = null;  // GET /api/me: a bootstrap session ends when it makes the first admin
 
   function showError(err) {
     $("users-error").textContent = err ? err.message : "";
@@ -19,8 +20,9 @@
 
   async function act(fn) {
     showError(null);
-    try { await fn(); } catch (err) { showError(err); }
-    await load();
+    let done = true;
+    try { done = (await fn()) !== false; } catch (err) { showError(err); }
+    if (done) await load();
   }
 
   function row(u) {
@@ -59,7 +61,15 @@
       const out = await api("/api/users", { method: "POST", body });
       showToken(out.name, out.token);
       $("user-add").reset();
+      if (me && me.via === "bootstrap" && out.role === "admin") {
+        // The shared token is retired now: this session ends; the new admin signs in.
+        append($("users-token"), [h("p#bootstrap-done", `${out.name} is the first admin: the bootstrap token no longer `
+          + "works. ", h("a", { href: "/login?next=%2Fusers" }, `Sign in as ${out.name}`), ".")]);
+        return false;
+      }
+      return true;
     });
   });
+  api("/api/me").then((who) => { me = who; }).catch(showError);
   load();
 })();
