@@ -1,4 +1,4 @@
-"""Accounts, personal tokens, the bootstrap token's retirement, refused changes and the audit log.
+"""Accounts, personal tokens, the bootstrap token's retirement, refused changes and the audit log (both store backends).
 
 In-process server (ASGI with its lifespan) on a real store; ``edgeloop users`` in its own process.
 """
