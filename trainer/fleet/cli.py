@@ -43,7 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--server", default=os.environ.get(URL_ENV, "http://127.0.0.1:8080"),
                         help=f"the server's base URL (default ${URL_ENV} or http://127.0.0.1:8080)")
     common.add_argument("--token", default=None, help=f"API token (default ${TOKEN_ENV})")
-    common.add_argument("--user", default=os.environ.get("USER", "cli"), help="your name, for the server's records")
+    common.add_argument("--user", default=os.environ.get("USER", "cli"),
+                        help="your name for the records, with the bootstrap token only (a personal token names you)")
     common.add_argument("--json", action="store_true", help="print the server's JSON answer")
     sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
     cmd = sub.add_parser("command", parents=[common], help="send a command and show each agent's answer")

@@ -1,8 +1,8 @@
 """The fleet API: commands to agents and groups, their outcomes, configuration bundles per group.
 
-Every route needs a logged-in user; the ones that change what agents do also
-go through ``require_publisher`` (the role they need once roles exist: today
-any user has it; the accounts work replaces its body). The fleet service is
+Every route needs a logged-in user; the ones that change what agents do need
+the publisher role (trainer/server/roles.py, enforced by ``require_user``;
+``require_publisher`` only names the caller). The fleet service is
 ``app.state.service.fleet`` (trainer/fleet/service.py); without MQTT it is
 absent and the write routes answer 404 saying so; the group and bundle listings read the
 store and answer anyway.
@@ -106,8 +106,8 @@ def _fleet(request: Request):
 
 
 def require_publisher(user: str = Depends(require_user)) -> str:
-    """Commands and bundles change what agents do: they need "publisher" rights (every user has them until
-    accounts and roles exist; that work replaces this body)."""
+    """The caller's name; commands and bundles need the publisher role, which ``require_user`` already
+    checked against trainer/server/roles.py (the one table of every route's role)."""
     return user
 
 

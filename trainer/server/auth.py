@@ -168,7 +168,8 @@ class Auth:
             self._sessions.pop(sid or "", None)
 
 
-bearer = HTTPBearer(auto_error=False, description="the server token (config http.token or $EDGELOOP_SERVER_TOKEN)")
+bearer = HTTPBearer(auto_error=False, description="a personal API token (edgeloop users), or the bootstrap "
+                    "token (http.token or $EDGELOOP_SERVER_TOKEN) until an admin account exists")
 
 
 def require_user(request: Request,
