@@ -321,7 +321,8 @@ def _project(broker: LocalBroker, frames: list[Sample], payloads, workdir: Path,
     mqtt_cfg = {"host": broker.host, "port": broker.port, "batch_max": args.batch_max, "batch_ms": args.batch_ms}
     if collectors > 1:
         mqtt_cfg.update(shared_group="collectors", protocol="5")
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a collector forked from this threaded process could inherit a lock held by a thread.
+    ctx = mp.get_context("spawn")
     ready, stop = ctx.Semaphore(0), ctx.Event()
     run = uuid.uuid4().hex[:8]  # fresh MQTT sessions: an earlier run's persistent session would queue frames
     procs = []
