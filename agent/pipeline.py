@@ -37,6 +37,7 @@ import numpy as np
 from protocol.version import SOFTWARE_VERSION as __version__
 from protocol import Box, Command, ConfigBundle, Sample, Status, Telemetry, encode, ProtocolError
 from protocol.embedding import quantize_embedding
+from protocol.fields import PROSE_CONTROL_RE
 from protocol.messages import MAX_BOXES
 from protocol.topics import sample_topic
 
@@ -310,7 +311,8 @@ class Agent:
                       model_name=runner.name if runner else self.cfg.model.name,
                       model_version=max(ref.version, 0) if ref else 0, model_state=model_state,
                       cameras=tuple(c.id for c in self.cfg.cameras), cohorts=tuple(self.cfg.groups),
-                      detail=detail[:1024], provider=runner.provider if runner else "", tags=dict(self.cfg.tags),
+                      detail=PROSE_CONTROL_RE.sub("?", detail[:1024]), provider=runner.provider if runner else "",
+                      tags=dict(self.cfg.tags),
                       answered=self._take_answers(state), config_group=self.bundles.group or "",
                       config_version=self.bundles.version)
 

@@ -55,7 +55,7 @@ def parse_bundle(data: bytes) -> Bundle:
     f = Fields("bundle", obj)
     return Bundle(group=f.text("group", pattern=ID_RE), version=f.integer("version", 1, 2**31),
                   settings=f.mapping("settings", 32), created=f.integer("created", 0, 2**33),
-                  parent_version=f.integer("parent_version", 0, 2**31, 0), note=f.text("note", 512, default=""),
+                  parent_version=f.integer("parent_version", 0, 2**31, 0), note=f.text("note", 512, default="", prose=True),
                   author=f.text("author", 64, default=""))
 
 

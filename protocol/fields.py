@@ -10,6 +10,17 @@ from typing import Any
 from .errors import ProtocolError
 
 MAX_TEXT = 1024
+# C0 control characters and DEL. A NUL is refused by PostgreSQL text columns
+# (the whole batch's commit fails), and none of these belong in an id, label,
+# strategy or reason. Prose fields (Status.detail, notes) may carry tab and
+# line breaks: an error message can span lines.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+PROSE_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def has_control(value: str, prose: bool = False) -> bool:
+    """True when ``value`` holds a control character its kind of field refuses."""
+    return (PROSE_CONTROL_RE if prose else CONTROL_RE).search(value) is not None
 
 
 class Fields:
@@ -30,10 +41,13 @@ class Fields:
         return ProtocolError("bad_field", f"{self.kind}.{name} {why}")
 
     def text(self, name: str, max_len: int = MAX_TEXT, pattern: re.Pattern | None = None,
-             default: Any = ..., choices: tuple[str, ...] | None = None) -> str:
+             default: Any = ..., choices: tuple[str, ...] | None = None, prose: bool = False) -> str:
         value = self._get(name, default)
         if not isinstance(value, str) or len(value) > max_len:
             raise self._bad(name, f"must be a string of at most {max_len} characters")
+        if has_control(value, prose):
+            allowed = " (tab and line breaks are allowed)" if prose else ""
+            raise self._bad(name, f"must not contain control characters{allowed}")
         if pattern is not None and not pattern.match(value):
             raise self._bad(name, f"must match {pattern.pattern}")
         if choices is not None and value not in choices:
@@ -84,8 +98,10 @@ class Fields:
                   pattern: re.Pattern | None = None, default: Any = ...) -> tuple[str, ...]:
         items = self.array(name, max_len, default)
         for i, item in enumerate(items):
-            if not isinstance(item, str) or not 0 < len(item) <= item_max or (pattern and not pattern.match(item)):
-                raise self._bad(f"{name}[{i}]", f"must be a non-empty string of at most {item_max} characters")
+            if not isinstance(item, str) or not 0 < len(item) <= item_max or (pattern and not pattern.match(item)) \
+                    or has_control(item):
+                raise self._bad(f"{name}[{i}]", f"must be a non-empty string of at most {item_max} characters"
+                                " without control characters")
         return tuple(items)
 
     def number_list(self, name: str, max_len: int, lo: float, hi: float) -> tuple[float, ...]:
@@ -100,8 +116,8 @@ class Fields:
     def counters(self, name: str, max_len: int = 256, default: Any = ...) -> dict[str, int]:
         out = {}
         for key, value in self.mapping(name, max_len, default).items():
-            if not isinstance(key, str) or len(key) > 64:
-                raise self._bad(name, "keys must be strings of at most 64 characters")
+            if not isinstance(key, str) or len(key) > 64 or has_control(key):
+                raise self._bad(name, "keys must be strings of at most 64 characters without control characters")
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
                 raise self._bad(f"{name}.{key}", "must be a non-negative integer")
             out[key] = value

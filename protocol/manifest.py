@@ -95,7 +95,7 @@ def parse_manifest(data: bytes) -> Manifest:
         size=f.integer("size", 1, 2**40), task=f.text("task", choices=("classification", "detection")),
         labels=f.text_list("labels", 1000), card=f.mapping("card", 64), created=f.integer("created", 0, 2**33),
         expires=f.integer("expires", 0, 2**33), cohort=cohort, parent_version=f.integer("parent_version", 0, 2**31, 0),
-        note=f.text("note", 512, default=""),
+        note=f.text("note", 512, default="", prose=True),
     )
 
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from .embedding import MAX_EMBEDDING_DIM
 from .errors import ProtocolError
-from .fields import Fields
+from .fields import Fields, has_control
 from .jpeg import jpeg_size
 from .topics import FRAME_ID_RE, ID_RE
 
@@ -190,7 +190,7 @@ class Status:
             model_state=f.text("model_state", choices=cls.MODEL_STATES, default="none"),
             cameras=f.text_list("cameras", 64, pattern=ID_RE, default=()),
             cohorts=f.text_list("cohorts", 64, pattern=ID_RE, default=()),
-            detail=f.text("detail", 1024, default=""), provider=f.text("provider", 64, default=""),
+            detail=f.text("detail", 1024, default="", prose=True), provider=f.text("provider", 64, default=""),
             tags=_tags(f), answered=f.text_list("answered", MAX_ANSWERED, pattern=ID_RE, default=()),
             config_group=f.text("config_group", 64, default=""),
             config_version=f.integer("config_version", 0, 2**31, 0),
@@ -200,8 +200,10 @@ class Status:
 def _tags(f: Fields) -> dict[str, str]:
     out = {}
     for key, value in f.mapping("tags", MAX_TAGS, {}).items():
-        if not isinstance(key, str) or not ID_RE.match(key) or not isinstance(value, str) or len(value) > 128:
-            raise ProtocolError("bad_field", "status.tags must map ids to strings of at most 128 characters")
+        if not isinstance(key, str) or not ID_RE.match(key) or not isinstance(value, str) or len(value) > 128 \
+                or has_control(value):
+            raise ProtocolError("bad_field", "status.tags must map ids to strings of at most 128 characters"
+                                " without control characters")
         out[key] = value
     return out
 
@@ -209,7 +211,7 @@ def _tags(f: Fields) -> dict[str, str]:
 def _histograms(f: Fields) -> dict[str, tuple[int, ...]]:
     out = {}
     for label, bins in f.mapping("conf_hist", MAX_LABELS, {}).items():
-        if not isinstance(label, str) or len(label) > 64 or not isinstance(bins, (list, tuple)) \
+        if not isinstance(label, str) or len(label) > 64 or has_control(label) or not isinstance(bins, (list, tuple)) \
                 or len(bins) != HIST_BINS or not all(type(b) is int and 0 <= b < 2**63 for b in bins):
             raise ProtocolError("bad_field", f"telemetry.conf_hist entries must be label -> {HIST_BINS} counts")
         out[label] = tuple(bins)

@@ -164,3 +164,23 @@ def test_ids_refuse_a_trailing_newline():
     with pytest.raises(ProtocolError):
         sample_topic("cam-1\n", "gate")
     assert _reason(S_TOPIC, _repack(fx.sample(), frame_id="a.b.1\n")) == "bad_field"
+
+
+@pytest.mark.parametrize("changes", [
+    {"reason": "band\x00x"}, {"strategy": "mar\x00gin"}, {"reason": "a\x1bb"}, {"reason": "two\nlines"},
+    {"labels": ["cat\x00", "dog", "bird"]}, {"labels": ["cat", "d\x7fog", "bird"]},
+])
+def test_control_characters_are_refused(changes):
+    # PostgreSQL refuses a NUL in a text column: one such sample once blocked all ingest.
+    assert _reason(S_TOPIC, _repack(fx.sample(), **changes)) == "bad_field"
+
+
+def test_status_detail_may_span_lines_but_holds_no_nul():
+    topic = _topic(fx.status())
+    ok = fx.status(detail="load failed:\n\tline 2\r\n")
+    assert decode(topic, encode(ok)).detail == ok.detail
+    for bad in ("x\x00y", "bell\x07", "esc\x1b[2J"):
+        assert _reason(topic, _repack(fx.status(), detail=bad)) == "bad_field"
+        with pytest.raises(ProtocolError):
+            encode(fx.status(detail=bad))
+    assert _reason(topic, _repack(fx.status(), tags={"site": "a\x00"})) == "bad_field"
