@@ -133,3 +133,138 @@ class StatusWatch:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+class BareUpdater:
+    """The baseline agent: what a careful hand-written updater does, and nothing more.
+
+    On the signed retained announcement: decode it and verify the Ed25519
+    signature (the protocol package, as any client would), download the file,
+    check its size and sha256, write it with fsync and an atomic rename, load
+    it in onnxruntime (one intra-op thread, like the agents), run it once on
+    zeros, and publish a retained one-line status. No camera, no outbox, no
+    health window, no state file.
+    """
+
+    def __init__(self, agent_id: str, broker, folder: Path, model_name: str, trusted_key: str,
+                 initial: Path, initial_version: int = 1) -> None:
+        from protocol.manifest import load_public_key
+        from protocol.topics import announce_topic
+
+        self.agent_id, self.folder = agent_id, folder
+        self.keys = [load_public_key(trusted_key)]
+        folder.mkdir(parents=True, exist_ok=True)
+        self.session = self._load(initial)  # it runs a model already, as the agents do
+        self.version = initial_version
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bare-{agent_id}")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(announce_topic(model_name), 1)
+        self.client.on_message = lambda c, u, msg: self._apply(msg.topic, msg.payload)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        self.publish_status()
+
+    def publish_status(self) -> None:
+        self.client.publish(f"bench/bare/{self.agent_id}", str(self.version).encode(), qos=1, retain=True)
+
+    def _apply(self, topic: str, payload: bytes) -> None:
+        import hashlib
+        import os
+        import urllib.request
+
+        from protocol import decode
+        from protocol.manifest import verify
+
+        ann = decode(topic, payload)
+        manifest = verify(ann.manifest, ann.signature, self.keys)
+        if manifest.version <= self.version:
+            return
+        with urllib.request.urlopen(ann.url, timeout=60) as response:
+            data = response.read(manifest.size + 1)
+        if len(data) != manifest.size or hashlib.sha256(data).hexdigest() != manifest.sha256:
+            return
+        path, tmp = self.folder / f"v{manifest.version}.onnx", self.folder / f".v{manifest.version}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        self.session, self.version = self._load(path), manifest.version
+        self.publish_status()
+
+    @staticmethod
+    def _load(path: Path):
+        import numpy as np
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        inp = session.get_inputs()[0]
+        session.run(None, {inp.name: np.zeros([d if isinstance(d, int) else 1 for d in inp.shape], np.float32)})
+        return session
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _bare_worker(specs: list[dict], ready, stop) -> None:
+    from types import SimpleNamespace
+
+    import urllib.request  # noqa: F401  imported before the clock starts, as a running agent has it
+
+    agents = []
+    try:
+        for s in specs:
+            broker = SimpleNamespace(host=s["host"], port=s["port"])
+            agents.append(BareUpdater(s["agent_id"], broker, Path(s["folder"]), s["model"], s["key"],
+                                      Path(s["initial"])))
+        ready.put(len(agents))
+        stop.wait()
+    except Exception as e:
+        ready.put(f"{type(e).__name__}: {e}")
+    finally:
+        for agent in agents:
+            agent.close()
+
+
+class BareFleet(Fleet):
+    """``BareUpdater``s spread over worker processes, like :class:`Fleet`."""
+
+    def __init__(self, specs: list[dict], processes: int) -> None:
+        ctx = mp.get_context("spawn")
+        self._ready, self._stop = ctx.Queue(), ctx.Event()
+        self._procs = [ctx.Process(target=_bare_worker, args=(specs[p::processes], self._ready, self._stop),
+                                   daemon=True) for p in range(processes) if specs[p::processes]]
+
+
+class BareWatch:
+    """When each bare agent's retained one-line status first named a version."""
+
+    def __init__(self, broker) -> None:
+        self.lock = threading.Lock()
+        self.seen: dict[tuple[str, int], float] = {}
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-bare-watch-{time.monotonic_ns()}")
+
+        def on_message(c, u, msg) -> None:
+            with self.lock:
+                self.seen.setdefault((msg.topic.rsplit("/", 1)[1], int(msg.payload)), time.perf_counter())
+
+        client.on_message = on_message
+        client.on_connect = lambda c, u, f, rc, p: c.subscribe("bench/bare/+", 1)
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        self.client = client
+
+    def wait(self, agents: list[str], version: int, timeout: float) -> None:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            with self.lock:
+                if all((a, version) in self.seen for a in agents):
+                    return
+            time.sleep(0.005)
+        raise TimeoutError(f"bare agents did not all report v{version} within {timeout:.0f}s")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
