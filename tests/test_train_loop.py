@@ -52,3 +52,46 @@ def test_a_diverging_loss_fails_the_round_with_advice(tmp_path):
     with pytest.raises(TrainingError, match="lower the learning rate"):
         run_round(examples, cfg, tmp_path / "out")
     assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_the_step_floor_makes_small_epochs_draw_more_full_batches():
+    from trainer.train.round import samples_per_epoch
+
+    assert samples_per_epoch(20, 32, 10, 200) == 20 * 32    # 1 step an epoch -> 20 steps an epoch
+    assert samples_per_epoch(100, 32, 10, 200) == 20 * 32   # 3 full batches (drop_last) -> 20
+    assert samples_per_epoch(1000, 32, 10, 200) == 1000     # 31 steps an epoch already: unchanged
+    assert samples_per_epoch(20, 32, 10, 0) == 20           # the floor off
+    assert samples_per_epoch(20, 32, 7, 200) == 29 * 32     # rounded up to whole batches
+
+
+def test_the_kept_epoch_follows_the_metric_with_ties_going_to_the_lower_val_loss():
+    from trainer.train.loop import FitOptions, _Best
+
+    def run(on, epochs):
+        best = _Best(FitOptions(10, 1e-3, 0, 3, 4, 1e-4, False, early_stop_on=on))
+        return [best.update(EpochStats(i, 1.0, v, 1e-3, 1.0, 10, m)) for i, (v, m) in enumerate(epochs)]
+    epochs = [(0.50, 0.80), (0.40, 0.80), (0.45, 0.90), (0.30, 0.85), (0.35, 0.90)]
+    # epoch 1 ties epoch 0's accuracy with a lower loss; epoch 4 ties epoch 2's, again with a lower loss
+    assert run("val_metric", epochs) == [True, True, True, False, True]
+    assert run("val_loss", epochs) == [True, True, False, True, False]
+    # no validation split: the train loss is all there is, whatever was asked for
+    best = _Best(FitOptions(10, 1e-3, 0, 3, 4, 1e-4, False, early_stop_on="val_metric"))
+    assert best.update(EpochStats(0, 1.0, None, 1e-3, 1.0, 10)) and best.watched == "train_loss"
+
+
+def test_a_tiny_round_takes_its_floor_of_steps_reports_the_metric_and_does_not_stop_too_early(tmp_path):
+    import numpy as np
+
+    from trainer.synthetic import get_generator
+    from trainer.train.config import TrainConfig
+    from trainer.train.round import run_round
+
+    examples = get_generator("shapes").generate(45, np.random.default_rng(0), tmp_path / "img")
+    cfg = TrainConfig(input_size=16, epochs=8, batch_size=32, min_steps=40, min_epochs=6, patience=1,
+                      early_stop_on="val_metric", num_workers=0, augment={"enabled": False},
+                      export={"enabled": False})
+    fit = run_round(examples, cfg, tmp_path / "out").fit
+    assert fit.steps >= 40 and len(fit.history) >= 6  # patience 1 alone could stop after two epochs
+    assert fit.metric_name == "accuracy" and fit.watched == "val_metric"
+    assert all(0 <= h.val_metric <= 1 for h in fit.history)
+    assert fit.best_val_metric == max(h.val_metric for h in fit.history)
