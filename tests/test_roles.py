@@ -121,3 +121,18 @@ def test_the_policy() -> None:
             assert role == Role.PUBLISHER, p
         if p.startswith("/api/users") or p.startswith("/api/import"):
             assert role == Role.ADMIN, p
+
+
+def test_every_users_command_and_option_is_documented() -> None:
+    import argparse
+
+    from trainer.server import users_cli
+
+    readme = (Path(__file__).resolve().parents[1] / "trainer" / "server" / "README.md").read_text()
+    parser = argparse.ArgumentParser()
+    users_cli.configure(parser)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [name for name in sub.choices if f"`{name} " not in readme and f"users {name} " not in readme]
+    missing += [o for p in sub.choices.values() for a in p._actions for o in a.option_strings
+                if o.startswith("--") and o != "--help" and o not in readme]
+    assert missing == []
