@@ -166,3 +166,15 @@ def test_users_cli(tmp_path: Path) -> None:
         assert accounts.by_token(db, token)[0].name == "alice" and accounts.by_token(db, new)[0].name == "bot"
         actions = [r[0] for r in db.execute("SELECT action FROM audit_log ORDER BY id").fetchall()]
     assert actions == ["user_add", "user_add", "user_rotate_token", "user_disable"]
+
+
+def test_wrong_passwords_are_rate_limited_and_audited(client: TestClient) -> None:
+    root = _add(client, BOOT, "root", "admin")
+    for _ in range(5):
+        assert client.post("/api/login", json={"user": "root", "password": "not the password"}).status_code == 401
+    blocked = client.post("/api/login", json={"user": "root", "password": PASSWORD})
+    assert blocked.status_code == 429  # the right password too, for the rest of the window
+    assert client.get("/api/me", headers=bearer(root)).status_code == 429  # the address is blocked
+    rows = client.app.state.service.store.db.read().execute(
+        "SELECT actor, action, status FROM audit_log WHERE action = 'login' ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [("root", "login", 401)] * 5
