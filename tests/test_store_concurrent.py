@@ -48,3 +48,30 @@ def test_overlapping_concurrent_ingest_stores_each_frame_once(tmp_path: Path, st
     finally:
         for s in stores:
             s.close()
+
+
+def test_processes_starting_at_once_share_one_project(tmp_path: Path, store_url: str | None) -> None:
+    """Server, collectors and workers open the store together: migrations run once, every label is kept."""
+    stores: list[Store] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def start(k: int) -> None:
+        try:
+            s = Store(tmp_path / "data", url=store_url)
+            with lock:
+                stores.append(s)
+            s.configure_project(task="classification", labels=(f"label-{k}",))
+        except BaseException as e:  # reported by the assertion below
+            errors.append(e)
+    threads = [threading.Thread(target=start, args=(k,)) for k in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert sorted(stores[0].project().labels) == [f"label-{k}" for k in range(4)]
+    finally:
+        for s in stores:
+            s.close()

@@ -49,6 +49,12 @@ class Migrations:
                 if name in done:
                     continue
                 db.execute(db.dialect.begin())
+                # Another process (a second collector or worker starting at the same moment on SQLite, which
+                # has no migration lock) may have applied it while this one waited for the write lock.
+                if db.execute("SELECT 1 FROM _migrations WHERE migration_set = ? AND name = ?",
+                              [self.name, name]).fetchone() is not None:
+                    db.execute("COMMIT")
+                    continue
                 try:
                     fn(db)
                     db.execute("INSERT INTO _migrations (migration_set, name, applied_at) VALUES (?, ?, ?)",

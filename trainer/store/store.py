@@ -312,18 +312,32 @@ def _incr(db: Conn, counts: dict[str, int]) -> None:
 
 
 def _ensure_project(db: Conn, task: str | None, labels: tuple[str, ...]) -> None:
+    """Create the project row, or add labels and a task it lacks.
+
+    Runs on every ingest batch, so the common case (nothing to change) takes no lock; a change
+    re-reads the row locked, since on PostgreSQL another process may be changing it too.
+    """
     row = db.execute("SELECT task, labels FROM projects WHERE id = 1").fetchone()
     if row is None:
         fresh = [labels_mod.check_label(x) for x in dict.fromkeys(labels)]
-        db.execute("INSERT INTO projects (id, name, task, labels, created_at) VALUES (1, 'default', ?, ?, ?)",
-                   [task, json.dumps(fresh), time.time()])
+        cur = db.execute("INSERT INTO projects (id, name, task, labels, created_at) VALUES (1, 'default', ?, ?, ?)"
+                         " ON CONFLICT (id) DO NOTHING", [task, json.dumps(fresh), time.time()])
+        if cur.rowcount == 1:
+            return
+    elif not _project_changes(row, task, labels):
         return
+    row = db.execute("SELECT task, labels FROM projects WHERE id = 1" + db.dialect.for_update()).fetchone()
     current = json.loads(row[1])
     merged = current + [labels_mod.check_label(x) for x in dict.fromkeys(labels) if x not in current]
     if merged != current:
         db.execute("UPDATE projects SET labels = ? WHERE id = 1", [json.dumps(merged)])
     if row[0] is None and task is not None:
         db.execute("UPDATE projects SET task = ? WHERE id = 1", [task])
+
+
+def _project_changes(row: tuple, task: str | None, labels: tuple[str, ...]) -> bool:
+    current = set(json.loads(row[1]))
+    return any(x not in current for x in labels) or (row[0] is None and task is not None)
 
 
 def _prediction(s) -> tuple[dict, str | None]:
