@@ -212,7 +212,13 @@ def post_logout(request: Request, user: User) -> dict:
 def healthz(request: Request) -> s.HealthOut:
     svc = request.app.state.service
     connected = svc.collector.connected.is_set() if svc.collector else None
-    return s.HealthOut(ok=True, mqtt_connected=connected, queue_depth=svc.store.queue_depth())
+    reason = ""
+    stuck = svc.collector.stuck_for() if svc.collector else 0.0
+    if stuck and stuck > svc.collector.stuck_after_s:
+        # A commit that keeps failing stops all ingest while the process looks alive: say so.
+        reason = f"ingest commit stuck for {stuck:.0f} s (see the log)"
+    body = s.HealthOut(ok=not reason, mqtt_connected=connected, queue_depth=svc.store.queue_depth(), reason=reason)
+    return JSONResponse(body.model_dump(), status_code=503) if reason else body
 
 
 def metrics_user(request: Request,

@@ -9,6 +9,12 @@ second copy harmless.
 Threads: paho's network thread (``_on_message``) queues what arrives, and waits while
 ``mqtt.max_inflight_bytes`` of payload are held (``ByteBudget``); the batching thread decodes and
 submits; the finishing thread waits for the commit, frees the bytes, sends receipts and acks.
+
+A failed commit is retried (disk full, connection lost) unless the store refused the data itself
+(an integrity or data error, the same every time): then the batch is written again one message per
+transaction, and the message the store refuses becomes a ``store_refused`` dead letter (a rejected
+receipt for a sample) while the rest are stored. ``stuck_for`` tells /healthz how long the oldest
+uncommitted batch has waited.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import protocol
 from protocol import envelope, topics
 from protocol.messages import MAX_IDS_PER_RECEIPT
 from trainer.store import DeadLetter, IncomingSample, Store, incoming
+from trainer.store.records import IngestResult
 
 from .config import MqttConfig
 from .metrics import Metrics
@@ -36,6 +43,30 @@ log = logging.getLogger(__name__)
 RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 PIPELINE_DEPTH = 2  # batches committing while the next is decoded
 UNSUPPORTED_PROTOCOL_VERSION = 0x84  # MQTT 5 CONNACK reason code
+STUCK_COMMIT_S = 60.0  # /healthz says not ok once the oldest uncommitted batch has waited this long
+
+
+class _Stopping(Exception):
+    """The collector is stopping while a commit is being retried: ack nothing."""
+
+
+def _refused_by_store(exc: BaseException) -> bool:
+    """Whether a failed write is the store refusing this data (the same on every retry), not an outage."""
+    kinds: list[type] = []
+    import sqlite3  # noqa: PLC0415 (both drivers looked up here only: psycopg may be absent)
+
+    kinds += [sqlite3.IntegrityError, sqlite3.DataError]
+    try:
+        import psycopg  # noqa: PLC0415
+        kinds += [psycopg.IntegrityError, psycopg.DataError]
+    except ImportError:
+        pass
+    seen = 0
+    while exc is not None and seen < 5:  # a wrapped driver error counts too
+        if isinstance(exc, tuple(kinds)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 class ByteBudget:
@@ -141,6 +172,13 @@ class Collector:
         self.connected = threading.Event()
         self.mqtt5 = False
         self.client: mqtt.Client | None = None
+        self.stuck_after_s = STUCK_COMMIT_S
+        self._waiting_since: float | None = None  # monotonic start of the finisher's current commit wait
+
+    def stuck_for(self) -> float:
+        """Seconds the oldest uncommitted batch has waited for its commit (0 when none is waiting)."""
+        since = self._waiting_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
@@ -318,17 +356,13 @@ class Collector:
     def _wait(self, b: _Batch, prepared: list[IncomingSample], futures: list):
         """The batch's ingest result once committed; storage errors are retried, never acked."""
         t0 = time.perf_counter()
-        for attempt in range(10**9):
-            try:
-                result = [f.result() for f in futures][0]
-                break
-            except Exception:  # disk full, I/O error: keep the batch, try again, ack nothing meanwhile
-                if self._stop.is_set():
-                    return None
-                self.metrics.inc("ingest_errors")
-                log.exception("ingest commit failed (attempt %d); retrying", attempt + 1)
-                time.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
-                futures = self._submit(b, prepared)
+        self._waiting_since = time.monotonic()
+        try:
+            result = self._commit(b, prepared, futures)
+        except _Stopping:
+            return None
+        finally:
+            self._waiting_since = None
         self.metrics.inc("ingest_commit_seconds", time.perf_counter() - t0)
         self.metrics.inc("ingest_batches")
         self.metrics.inc("ingest_stored", result.new)
@@ -337,6 +371,66 @@ class Collector:
             kept = set(result.stored)
             self.meter.added(sum(len(inc.sample.jpeg) for inc in prepared if inc.sample.frame_id in kept))
         return result
+
+    def _commit(self, b: _Batch, prepared: list[IncomingSample], futures: list) -> IngestResult:
+        for attempt in range(10**9):
+            try:
+                return [f.result() for f in futures][0]
+            except Exception as e:  # disk full, I/O error: keep the batch, try again, ack nothing meanwhile
+                self.metrics.inc("ingest_errors")
+                if _refused_by_store(e):
+                    log.warning("the store refused part of a batch (%s); writing its messages one by one", e)
+                    return self._isolate(b, prepared)
+                self._pause(attempt, "ingest commit failed (attempt %d); retrying")
+                futures = self._submit(b, prepared)
+        raise AssertionError("unreachable")
+
+    def _pause(self, attempt: int, message: str) -> None:
+        if self._stop.is_set():
+            raise _Stopping()
+        log.exception(message, attempt + 1)
+        time.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
+
+    def _one(self, write) -> tuple[bool, object]:
+        """(True, result) once ``write()`` committed; (False, error) when the store refuses it for good."""
+        for attempt in range(10**9):
+            try:
+                return True, write().result()
+            except Exception as e:
+                if _refused_by_store(e):
+                    return False, e
+                self.metrics.inc("ingest_errors")
+                self._pause(attempt, "ingest commit of one message failed (attempt %d); retrying")
+        raise AssertionError("unreachable")
+
+    def _isolate(self, b: _Batch, prepared: list[IncomingSample]) -> IngestResult:
+        """One transaction per message, so only what the store refuses is left out (and dead-lettered)."""
+        stored, conflicts, new, duplicates = [], [], 0, 0
+        refused: list[DeadLetter] = []
+        now = time.time()
+        for inc in prepared:
+            ok, r = self._one(lambda inc=inc: self.store.ingest_samples_async([inc]))
+            if ok:
+                stored += r.stored
+                conflicts += r.conflicts
+                new, duplicates = new + r.new, duplicates + r.duplicates
+                continue
+            s = inc.sample
+            raw = b.samples[(s.agent_id, s.frame_id)][1][0]
+            detail = f"{type(r).__name__}: {str(r)[:300]!r}"
+            log.warning("the store refused sample %r: %s", s.frame_id[:200], detail)
+            self.metrics.inc("dead_letters", label="store_refused")
+            refused.append(DeadLetter(raw.topic, "store_refused", detail, len(raw.payload), raw.payload[:256], now))
+            b.rejected.setdefault(s.agent_id, []).append((s.frame_id, "store_refused"))
+        writes = [lambda d=d: self.store.record_dead_letters_async([d]) for d in b.dead + refused]
+        writes += [lambda m=m: self.store.record_fleet_async([m], []) for m in b.fleet_status]
+        writes += [lambda m=m: self.store.record_fleet_async([], [m]) for m in b.fleet_telemetry]
+        for write in writes:
+            ok, err = self._one(write)
+            if not ok:  # counted and logged; fleet state comes again with the next status
+                self.metrics.inc("dead_letters", label="store_refused")
+                log.warning("the store refused a dead letter or fleet message: %s", err)
+        return IngestResult(stored=tuple(stored), new=new, duplicates=duplicates, conflicts=tuple(conflicts))
 
     def _send_receipts(self, b: _Batch, stored: tuple[str, ...], conflicts: tuple = ()) -> None:
         by_agent: dict[str, list[str]] = {}

@@ -212,6 +212,7 @@ class HealthOut(BaseModel):
     ok: bool
     mqtt_connected: bool | None
     queue_depth: int
+    reason: str = ""  # why ok is false (a stuck ingest commit)
 
 
 class ErrorOut(BaseModel):
