@@ -42,3 +42,16 @@ def test_publisher_link_over_tls_checks_the_broker_and_its_own_password(prod_bro
         _link(prod_broker, ca_file=str(other["ca.crt"])).start(timeout=5)
     with pytest.raises(MqttError, match="did not accept"):
         _link(prod_broker, password="not-the-password").start(timeout=5)
+
+
+def test_missing_tls_file_is_named(tmp_path):
+    from trainer.server.service import Service
+
+    cfg = ServerConfig.model_validate({"mqtt": {"tls": True, "ca_file": str(tmp_path / "nope.crt"), "protocol": "5"},
+                                       "store": {"data_dir": str(tmp_path / "data")}, "http": {"enabled": False}})
+    service = Service(cfg)
+    try:
+        with pytest.raises(MqttError, match="nope.crt"):
+            service.start()
+    finally:
+        service.stop()

@@ -45,12 +45,16 @@ class MqttSettings:
 def secure(client: mqtt.Client, *, tls: bool, username: str | None, password: str | None,
            ca_file: object = None, cert_file: object = None, key_file: object = None,
            tls_insecure: bool = False) -> None:
-    """Credentials and TLS for a paho client (before connect). OSError/ssl.SSLError for an unreadable file."""
+    """Credentials and TLS for a paho client (before connect); MqttError naming the files when one is unusable."""
     if username:
         client.username_pw_set(username, password)
     if tls:
-        client.tls_set(ca_certs=str(ca_file) if ca_file else None, certfile=str(cert_file) if cert_file else None,
-                       keyfile=str(key_file) if key_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        try:
+            client.tls_set(ca_certs=str(ca_file) if ca_file else None, certfile=str(cert_file) if cert_file else None,
+                           keyfile=str(key_file) if key_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ssl.SSLError) as e:  # paho's own message names no file
+            raise MqttError(f"cannot use the TLS files for the broker (ca_file={ca_file}, cert_file={cert_file}, "
+                            f"key_file={key_file}): {e}") from e
         client.tls_insecure_set(tls_insecure)
 
 
