@@ -7,7 +7,11 @@ updater's) and waits only on the network: each read at most
 drips one byte at a time cannot keep the agent "installing" past
 ``deadline_s``. ``cancel()`` may be called from any other thread (a rollback
 command): it shuts the socket down, so a blocked read returns at once and
-``save`` raises ``DownloadError("cancelled")``.
+``save`` raises ``DownloadError("cancelled")``. A watchdog timer does the
+same at the deadline (``download_timeout``), so the deadline also covers a
+server that drips the status line or headers (``getresponse()`` reads those
+with only the per-read timeout) and a TLS handshake. Threads: the caller's,
+and the watchdog's ``threading.Timer`` (it only flags and shuts the socket).
 
 http.client rather than urllib: the socket must be reachable to set each
 read's timeout and to shut it down. Redirects are followed (a few hops, each
@@ -51,12 +55,23 @@ class Download:
         self._lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
         self._cancelled = False
+        self._expired = False  # the watchdog fired
         self._ends = 0.0
 
     def cancel(self) -> None:
         """Stop the transfer from another thread; ``save`` then raises ``cancelled``."""
         with self._lock:
             self._cancelled = True
+        self._shut()
+
+    def _expire(self) -> None:
+        """The watchdog: the deadline passed wherever ``save`` is waiting (connect, headers, body)."""
+        with self._lock:
+            self._expired = True
+        self._shut()
+
+    def _shut(self) -> None:
+        with self._lock:
             sock = self._conn.sock if self._conn is not None else None
         if sock is not None:
             try:  # the plain socket's shutdown: SSLSocket.shutdown would drop its state under a running read
@@ -67,6 +82,9 @@ class Download:
     def save(self, dest: Path, cap: int) -> tuple[int, str]:
         """Stream the body to ``dest``; stop past ``cap`` bytes, at the deadline, or when cancelled."""
         self._ends = self.clock() + self.deadline_s
+        watchdog = threading.Timer(self.deadline_s, self._expire)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             resp = self._open()
             length = resp.getheader("Content-Length")
@@ -79,6 +97,7 @@ class Download:
             self._check_stop()
             raise DownloadError("download_failed", f"{self.url}: {e}") from e
         finally:
+            watchdog.cancel()
             with self._lock:
                 conn, self._conn = self._conn, None
             if conn is not None:
@@ -93,7 +112,8 @@ class Download:
         with self._lock:
             if self._cancelled:
                 raise DownloadError("cancelled", f"{self.url}: cancelled (a rollback command)")
-        if self.clock() >= self._ends:
+            expired = self._expired
+        if expired or self.clock() >= self._ends:
             raise DownloadError("download_timeout", f"{self.url}: not complete after download_deadline_s "
                                                     f"{self.deadline_s:g} s")
 

@@ -204,3 +204,47 @@ def test_redirects_are_followed_a_few_hops_and_errors_are_typed(tmp_path, model_
     finally:
         server.shutdown()
         server.server_close()
+
+
+class SlowHeaderServer:
+    """The status line at once, then one header byte per ``interval`` for ``drip_s`` seconds, then a complete
+    response: only a deadline that covers ``getresponse()`` ends the download before the headers do."""
+
+    def __init__(self, body: bytes, interval: float, drip_s: float) -> None:
+        self.body, self.interval, self.drip_s = body, interval, drip_s
+        self.hung_up = threading.Event()
+        self.finished = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/model.onnx"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                ends = time.monotonic() + self.drip_s
+                while time.monotonic() < ends:
+                    conn.sendall(b"x")  # each byte well within the per-read timeout
+                    time.sleep(self.interval)
+                conn.sendall(f"\r\nContent-Length: {len(self.body)}\r\n\r\n".encode() + self.body)
+                self.finished.set()
+            except OSError:  # the agent hung up
+                self.hung_up.set()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_the_deadline_covers_slow_response_headers(tmp_path, model_body):
+    server = SlowHeaderServer(model_body.read_bytes(), interval=0.2, drip_s=15)
+    d = Download(server.url, deadline_s=1.5, read_timeout_s=1.0, allow_http=True)
+    errors: list = []
+    try:
+        _save(d, tmp_path / "x.part", errors)
+        assert [e.reason for e in errors] == ["download_timeout"]
+        # cut off while the headers were still coming, not served to the end
+        assert not server.finished.is_set() and server.hung_up.wait(10)
+    finally:
+        server.close()
