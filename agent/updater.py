@@ -305,7 +305,7 @@ class Updater:
         self.on_change()
         part = self.store.incoming / f"v{manifest.version}.part"
         try:
-            self._download(ann.url, manifest, part)
+            self._download(ann.url, manifest, part, epoch)
             self._check_file(part)
             if self._cancelled(epoch):
                 raise UpdateRefused("cancelled", "a rollback command came during the install")
@@ -342,13 +342,16 @@ class Updater:
         self.on_change()
         return True
 
-    def _download(self, url: str, manifest: Manifest, dest: Path) -> None:
+    def _download(self, url: str, manifest: Manifest, dest: Path, epoch: int) -> None:
         u = self.cfg.updates
         if manifest.size > u.max_download_bytes:
             raise UpdateRefused("too_large", f"{manifest.size} bytes > updates.max_download_bytes")
         download = Download(url, deadline_s=u.download_deadline_s, read_timeout_s=u.download_timeout_s,
                             allow_http=u.allow_http)
         with self._cancel_lock:
+            # A rollback after the install took its epoch but before this found no transfer to cancel.
+            if self._epoch != epoch:
+                raise UpdateRefused("cancelled", "a rollback command came during the install")
             self._transfer = download
         try:
             n, digest = download.save(dest, manifest.size)

@@ -248,3 +248,24 @@ def test_the_deadline_covers_slow_response_headers(tmp_path, model_body):
         assert not server.finished.is_set() and server.hung_up.wait(10)
     finally:
         server.close()
+
+
+def test_a_rollback_before_the_transfer_is_registered_still_cancels_it(tmp_path, keys, model_body):
+    """The window between the install taking its epoch and the download registering its transfer: the
+    install's own on_change call (made inside that window) sends the rollback, deterministically."""
+    key, pub = keys
+    server = DripServer(model_body.read_bytes(), interval=0.2, drip_s=20)
+    try:
+        rig = Rig(tmp_path, pub, download_timeout_s=1.0, download_deadline_s=2.0)
+        calls = []
+
+        def changed() -> None:
+            calls.append(rig.holder.detail)
+            if rig.holder.detail == "installing v3" and len(calls) == 1:
+                rig.updater._cancel_install()  # what request_rollback does first, on the MQTT thread
+        rig.updater.on_change = changed
+        assert not rig.updater.apply(announcement(model_body, key, server.url, 3))
+        assert "cancelled" in rig.holder.detail, rig.holder.detail
+        assert server.requests == 0  # no transfer was started to wait for
+    finally:
+        server.close()
