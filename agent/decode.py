@@ -255,7 +255,10 @@ def yolox_rows(outputs: list[np.ndarray], names: list[str], out: YoloxOutput, gr
     """Every cell as (box [N,4], objectness [N] or None, classes [N,C]) whatever the tensor layout."""
     k = row_width(out, n_labels)
     strides = ", ".join(map(str, out.strides))
-    if len(outputs) == 1:  # every stride concatenated
+    if out.outputs:  # one tensor per stride (a single stride included)
+        rows = np.concatenate([_cells(t, h, w, k, n, f"stride {s}") for t, n, s, (h, w)
+                               in zip(outputs, names, out.strides, grid.sizes)])
+    elif not out.box_outputs:  # every stride concatenated in one tensor
         raw, total = outputs[0], grid.cells
         cells = " + ".join(f"{h}x{w}" for h, w in grid.sizes)
         if raw.ndim == 3 and raw.shape[0] == 1 and raw.shape[2] == k and raw.shape[1] == total:
@@ -267,9 +270,6 @@ def yolox_rows(outputs: list[np.ndarray], names: list[str], out: YoloxOutput, gr
                 f"output {names[0]} has shape {list(raw.shape)}; strides {strides} give {cells} = {total} rows "
                 f"of {k} values (4 box + {'1 objectness + ' if out.objectness else ''}{n_labels} classes): "
                 f"expected [1, {total}, {k}]")
-    elif out.outputs:
-        rows = np.concatenate([_cells(t, h, w, k, n, f"stride {s}") for t, n, s, (h, w)
-                               in zip(outputs, names, out.strides, grid.sizes)])
     else:
         per = 3 if out.objectness else 2
         box, obj, cls = [], [], []

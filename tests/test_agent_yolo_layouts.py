@@ -257,3 +257,12 @@ def test_rgb_card_on_a_grayscale_model_fails_at_load(tmp_path):
 def test_inconsistent_cards_are_refused(tmp_path, output, input_spec, message):
     with pytest.raises(ProtocolError, match=message):
         card_from_dict(card(output, **input_spec))
+
+
+def test_yolox_single_stride_with_per_stride_outputs(tmp_path):
+    """One stride named in ``outputs`` is a per-stride card, not the concatenated layout (it was refused at load)."""
+    g = SIZE // 16
+    rows = grid_rows(geometry("center"))[STRIDES.index(16)]  # holds only box A (STRIDE_OF)
+    outputs = {"p16": rows.reshape(g, g, -1).transpose(2, 0, 1)[None]}  # [1, 4+1+C, H, W]
+    _, pred = run(tmp_path, outputs, card({"type": "yolox", "strides": [16], "outputs": ["p16"]}))
+    assert_boxes(pred, [A[0]], [0.81], [0])
