@@ -114,6 +114,16 @@ def to_frame_xyxy(boxes: np.ndarray, fmt: str, normalized: bool, in_w: int, in_h
     return b.astype(np.float32)
 
 
+def to_frame_detections(dets: Detections, fmt: str, normalized: bool, in_w: int, in_h: int, frame_w: int,
+                        frame_h: int, geo: Geometry) -> Detections:
+    """``to_frame_xyxy`` for a decoder's detections, dropping the boxes left with no area after clipping:
+    a box wholly inside the letterbox padding is not a detection at the frame's edge."""
+    boxes, scores, labels = dets
+    b = to_frame_xyxy(boxes, fmt, normalized, in_w, in_h, frame_w, frame_h, geo)
+    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    return b[keep], scores[keep], labels[keep]
+
+
 # -- ssd and boxes_scores_labels -----------------------------------------------------------------
 
 def decode_ssd(boxes: np.ndarray, scores: np.ndarray, out: SSDOutput, floor: float) -> Detections:

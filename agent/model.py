@@ -31,7 +31,8 @@ from protocol.modelcard import (CARD_METADATA_KEY, BoxesScoresLabelsOutput, Clas
                                 SSDOutput, YoloOutput, YoloxOutput, card_from_dict, card_from_json, sidecar_card)
 
 from .decode import (EMPTY_BOXES, OutputShapeError, classify, decode_bsl, decode_ssd, decode_yolo, decode_yolox,
-                     embedding_vector, make_grid, nms, nonfinite_outputs, to_frame_xyxy, yolo_rows, yolox_rows)
+                     embedding_vector, make_grid, nms, nonfinite_outputs, to_frame_detections, to_frame_xyxy, yolo_rows,
+                     yolox_rows)
 from .preprocess import Geometry, Preprocessor
 
 __all__ = ["EMPTY_BOXES", "ModelError", "ModelRunner", "NonFiniteOutput", "Prediction", "load_runner", "nms",
@@ -321,7 +322,8 @@ class ModelRunner:
             normalized = out.normalized
         else:
             boxes, scores, labels = decode_yolox(outputs, self.output_names, out, self._grid, n, self.floor)
-        boxes = to_frame_xyxy(boxes, fmt, normalized, card.input.width, card.input.height, width, height, geo)
+        boxes, scores, labels = to_frame_detections((boxes, scores, labels), fmt, normalized, card.input.width,
+                                                    card.input.height, width, height, geo)
         return Prediction("detection", card.labels, np.zeros(0, np.float32), boxes, scores, labels,
                           self.threshold, embedding, (width, height))
 

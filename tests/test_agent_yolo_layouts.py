@@ -266,3 +266,11 @@ def test_yolox_single_stride_with_per_stride_outputs(tmp_path):
     outputs = {"p16": rows.reshape(g, g, -1).transpose(2, 0, 1)[None]}  # [1, 4+1+C, H, W]
     _, pred = run(tmp_path, outputs, card({"type": "yolox", "strides": [16], "outputs": ["p16"]}))
     assert_boxes(pred, [A[0]], [0.81], [0])
+
+
+def test_boxes_wholly_inside_the_letterbox_padding_are_dropped(tmp_path):
+    geo = geometry("top_left")  # the frame fills input rows 0-31; rows 32-63 are padding
+    rows = decoded_rows(geo, True)
+    rows[5] = [32, 50, 20, 8, 1.0, 0.95, 0.0]  # confident, but below the frame: no area once clipped
+    _, pred = run(tmp_path, {"output0": rows[None]}, card({"type": "yolo"}, letterbox="top_left"))
+    assert_boxes(pred, [A[0], B[0]], [0.81, 0.70], [0, 1])
