@@ -9,6 +9,7 @@ server the test opens, in this process or a child, uses it. A test that asks
 for ``store_url`` gets that URL (``None`` on SQLite). Without a server the
 ``[postgresql]`` runs skip, unless ``EDGELOOP_REQUIRE_POSTGRES`` is set (CI).
 A test that reads the SQLite file itself is marked ``sqlite_only``.
+``EDGELOOP_TEST_ALL_BACKENDS=1`` runs every module on both.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ def _pg_problem() -> str | None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "store_backend" in metafunc.fixturenames and BOTH_BACKENDS.match(metafunc.module.__name__.rsplit(".", 1)[-1]
-                                                                         + ".py"):
+    module = metafunc.module.__name__.rsplit(".", 1)[-1] + ".py"
+    # EDGELOOP_TEST_ALL_BACKENDS=1: every module on both (to find what else still assumes SQLite).
+    if "store_backend" in metafunc.fixturenames and (BOTH_BACKENDS.match(module)
+                                                     or os.environ.get("EDGELOOP_TEST_ALL_BACKENDS")):
         metafunc.parametrize("store_backend", ["sqlite", "postgresql"], indirect=True)
 
 
