@@ -144,7 +144,7 @@ class _DurableBare:
     """The durable baseline: batch, decode, commit to SQLite, receipt, ack (see the module docstring)."""
 
     def __init__(self, broker: LocalBroker, sink: "_SqliteSink | _PgSink", batch_max: int, batch_ms: float,
-                 index: int = 0, shared: bool = False) -> None:
+                 index: int = 0, shared: bool = False, group: str = "") -> None:
         import queue
 
         # A client id per run: a persistent session left by an earlier run would hand this one its queue.
@@ -167,7 +167,7 @@ class _DurableBare:
         else:
             self.client.connect(broker.host, broker.port)
         self.client.loop_start()
-        self.client.subscribe(("$share/bench/" if shared else "") + topics.SAMPLES_FILTER, qos=1)
+        self.client.subscribe((f"$share/bench-{group}/" if shared else "") + topics.SAMPLES_FILTER, qos=1)
         self.worker = threading.Thread(target=self._run, name="bench-durable", daemon=True)
         self.worker.start()
 
@@ -273,8 +273,9 @@ def _multi_insert(conn, insert: str, rows: list[tuple], mark: str, tail: str) ->
 def _durable_baseline(broker: LocalBroker, frames: list[Sample], payloads, workdir: Path, args, url: str | None,
                       consumers: int) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
+    group = uuid.uuid4().hex[:8]
     bares = [_DurableBare(broker, _PgSink(url) if url else _SqliteSink(workdir / "bare.db"), args.batch_max,
-                          args.batch_ms, index=i, shared=consumers > 1) for i in range(consumers)]
+                          args.batch_ms, index=i, shared=consumers > 1, group=group) for i in range(consumers)]
     try:
         for bare in bares:
             bare.subscribed.wait(10)
@@ -319,12 +320,14 @@ def _project(broker: LocalBroker, frames: list[Sample], payloads, workdir: Path,
     from trainer.store import Store
 
     mqtt_cfg = {"host": broker.host, "port": broker.port, "batch_max": args.batch_max, "batch_ms": args.batch_ms}
+    run = uuid.uuid4().hex[:8]  # fresh MQTT sessions and share group, see below
     if collectors > 1:
-        mqtt_cfg.update(shared_group="collectors", protocol="5")
+        # A group per run: the collectors keep their sessions (and so their shared subscriptions) after they
+        # stop, and mosquitto keeps handing an offline member its share, which an earlier run would take.
+        mqtt_cfg.update(shared_group=f"collectors-{run}", protocol="5")
     # spawn, not fork: a collector forked from this threaded process could inherit a lock held by a thread.
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Semaphore(0), ctx.Event()
-    run = uuid.uuid4().hex[:8]  # fresh MQTT sessions: an earlier run's persistent session would queue frames
     procs = []
     for i in range(collectors):
         config = {"mqtt": {**mqtt_cfg, "client_id": f"collector-{run}-{i}"}, "http": {"enabled": False},
