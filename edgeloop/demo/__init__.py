@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                                            "beside the model, or agent/cards/yolox-nano.card.toml)")
     parser.add_argument("--initial", type=int, help="examples of the first model (default 150 synthetic frames; "
                                                      "detection: 40 frames of the first video)")
-    parser.add_argument("--epochs", type=int, help="epochs per training round (default 40; detection 10, "
+    parser.add_argument("--epochs", type=int, help="epochs per training round (default 40; detection 4, "
                                                     "each of at least 10 batches)")
     parser.add_argument("--headless", action="store_true", help="no prompt: run --rounds rounds, then stop")
     parser.add_argument("--rounds", type=int, default=2, help="rounds to run in --headless mode (default 2)")

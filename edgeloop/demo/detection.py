@@ -45,7 +45,12 @@ VIDEOS = (SHARED / "data" / "video" / "highway_video1.avi", SHARED / "data" / "v
 YOLOX = SHARED / "models" / "yolox-nano" / "yolox_nano.onnx"
 YOLOX_CARD = ROOT / "agent" / "cards" / "yolox-nano.card.toml"
 INPUT_SIZE = 160  # 320x240 frames: the cars are 15-40 px, 8-20 px at this size, on a stride-8 grid
-EPOCHS, STEPS_PER_EPOCH = 10, 10  # 1,600 images a round: about 3 minutes on 2 CPU cores
+EPOCHS, STEPS_PER_EPOCH = 4, 10  # 640 images a round: 1-2 minutes on 2 idle CPU cores
+# The videos loop, and a frame seen again is a near-duplicate: the agents can send only so many
+# distinct frames (measured: 206 of both videos with dedup_hamming 3 and 40 a minute, all sent in
+# the first 5 minutes, after which no round could start). A slow rate and a fine near-duplicate
+# test leave distinct frames for round after round.
+SAMPLES_PER_MINUTE = 8  # per agent
 INITIAL_FRAMES = 40  # of the first video, for the first model
 EVAL_FRAMES = 20  # per video, for stream_map_50 and the timing
 TEACHER_MIN_SCORE = 0.3  # YOLOX's own demo threshold
@@ -200,9 +205,10 @@ max_fps = {self.cfg.camera_fps}
 strategies = [{{ name = "threshold_band", low = 0.15, high = 0.45 }},
               {{ name = "band_count", low = 0.15, high = 0.45, min_count = 2 }},
               {{ name = "flicker", min_score = 0.3 }}, {{ name = "random", rate = 0.01 }}]
-per_minute = 40
+per_minute = {SAMPLES_PER_MINUTE}
 per_hour = 2000
-dedup_hamming = 3
+dedup_hamming = 1
+dedup_window = 5000
 seed = {self.cfg.seed + i}
 
 [updates]
