@@ -96,13 +96,20 @@ def test_disabled_account_loses_session_and_token(client: TestClient) -> None:
     assert browser.post("/api/login", json={"user": "bob", "password": PASSWORD}).status_code == 200
     assert browser.get("/api/me").status_code == 200
     assert client.post("/api/users/bob/disable", headers=bearer(root)).json()["disabled"] is True
-    for r in (browser.get("/api/me"), client.get("/api/me", headers=bearer(bob))):
-        assert r.status_code == 401 and "bob is disabled" in r.json()["detail"]
+    assert browser.get("/api/me").status_code == 401  # its session ended
+    r = client.get("/api/me", headers=bearer(bob))
+    assert r.status_code == 401 and "bob is disabled" in r.json()["detail"]
     assert browser.get("/review", follow_redirects=False).status_code == 303
     r = browser.post("/api/login", json={"user": "bob", "password": PASSWORD})
     assert r.status_code == 401 and "disabled" in r.json()["detail"]
     client.post("/api/users/bob/enable", headers=bearer(root))
     assert client.get("/api/me", headers=bearer(bob)).json()["name"] == "bob"
+    assert browser.get("/api/me").status_code == 401  # the session ended for good when disabled
+    # Disabled from the shell (edgeloop users, another process): the server reads the account per request.
+    assert browser.post("/api/login", json={"user": "bob", "password": PASSWORD}).status_code == 200
+    client.app.state.service.store.write(lambda db: accounts.set_disabled(db, "bob", True))
+    r = browser.get("/api/me")
+    assert r.status_code == 401 and "bob is disabled" in r.json()["detail"]
 
 
 def test_rotated_token_is_refused_and_says_so(client: TestClient) -> None:
@@ -178,3 +185,15 @@ def test_wrong_passwords_are_rate_limited_and_audited(client: TestClient) -> Non
     rows = client.app.state.service.store.db.read().execute(
         "SELECT actor, action, status FROM audit_log WHERE action = 'login' ORDER BY id").fetchall()
     assert [tuple(r) for r in rows] == [("root", "login", 401)] * 5
+
+
+def test_new_password_ends_the_accounts_sessions(client: TestClient) -> None:
+    root = _add(client, BOOT, "root", "admin")
+    _add(client, bearer(root), "bob", "reviewer")
+    browser = TestClient(client.app)
+    assert browser.post("/api/login", json={"user": "bob", "password": PASSWORD}).status_code == 200
+    assert client.post("/api/users/bob/password", headers=bearer(root),
+                       json={"password": "another long password"}).status_code == 200
+    assert browser.get("/api/me").status_code == 401
+    assert browser.post("/api/login", json={"user": "bob", "password": PASSWORD}).status_code == 401
+    assert browser.post("/api/login", json={"user": "bob", "password": "another long password"}).status_code == 200

@@ -167,6 +167,14 @@ class Auth:
         with self._lock:
             self._sessions.pop(sid or "", None)
 
+    def end_sessions(self, user: str, keep: str | None = None) -> int:
+        """End every account session of ``user`` but ``keep`` (a new password); how many ended."""
+        with self._lock:
+            ended = [sid for sid, s in self._sessions.items() if s.user == user and s.kind == "account" and sid != keep]
+            for sid in ended:
+                del self._sessions[sid]
+            return len(ended)
+
 
 bearer = HTTPBearer(auto_error=False, description="a personal API token (edgeloop users), or the bootstrap "
                     "token (http.token or $EDGELOOP_SERVER_TOKEN) until an admin account exists")

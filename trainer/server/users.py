@@ -161,8 +161,10 @@ def api_router() -> APIRouter:
 
     @api.post("/users/{name}/disable", summary="disable an account: its sessions and token stop working at once")
     def disable(request: Request, name: UserName, caller: Caller) -> dict[str, Any]:
-        return _change(request, caller, "user_disable", name, lambda db: accounts.set_disabled(db, name, True),
-                       {}).to_dict()
+        out = _change(request, caller, "user_disable", name, lambda db: accounts.set_disabled(db, name, True),
+                      {}).to_dict()
+        request.app.state.auth.end_sessions(name)  # for good: enabling the account again does not revive them
+        return out
 
     @api.post("/users/{name}/enable", summary="enable a disabled account")
     def enable(request: Request, name: UserName, caller: Caller) -> dict[str, Any]:
@@ -177,8 +179,13 @@ def api_router() -> APIRouter:
     @api.post("/users/{name}/password", summary="set an account's password")
     def password(request: Request, name: UserName, body: PasswordIn, caller: Caller) -> dict[str, Any]:
         hashed = accounts.hash_password(body.password)
-        return _change(request, caller, "user_password", name, lambda db: accounts.set_password(db, name, hashed),
-                       {}).to_dict()
+        out = _change(request, caller, "user_password", name, lambda db: accounts.set_password(db, name, hashed),
+                      {}).to_dict()
+        from .auth import COOKIE
+
+        # Whoever knew the old password is signed out; the caller changing their own keeps this session.
+        request.app.state.auth.end_sessions(name, keep=request.cookies.get(COOKIE))
+        return out
 
     @api.get("/audit", summary="the audit log, newest first, with filters; page with before_id")
     def get_audit(request: Request,
