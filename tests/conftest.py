@@ -44,7 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # Modules whose every test runs on both store backends (store, ingest, API, rounds, registry).
-BOTH_BACKENDS = re.compile(r"^test_(store_.*|ingest_.*|api_.*|rounds_.*|publish_registry|train_registry|queue_order"
+BOTH_BACKENDS = re.compile(r"^test_(store_.*|ingest_.*|api_(?!docs).*|rounds_.*|publish_registry|train_registry|queue_order"
                            r"|hardening_frame_owner|hardening_labels|hardening_presence)\.py$")
 PG_ADMIN_URL = os.environ.get("EDGELOOP_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 _pg_state: dict = {}
