@@ -8,6 +8,7 @@ and a non-ASCII digit as an example id.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -132,3 +133,36 @@ def test_lineage_of_a_non_ascii_digit(client: TestClient, tmp_path: Path) -> Non
             assert r.status_code == 404 or r.json()["provenance"] is None, (raw, r.text)
     finally:
         registry.close()
+
+
+def test_a_symlink_loop_under_the_import_root(client: TestClient, root: Path) -> None:
+    (root / "loop1").symlink_to(root / "loop2")
+    (root / "loop2").symlink_to(root / "loop1")
+    for r in (client.post("/api/import", headers=BEARER, json={"format": "imagefolder", "path": "loop1"}),
+              client.post("/api/import", headers=BEARER, json={"format": "coco", "path": "folder", "images": "loop1"}),
+              client.post("/api/import/unlabelled", headers=BEARER, json={"path": "loop1/x"})):
+        assert r.status_code == 422 and "symlink loop" in _client_error(r, "loop")["detail"], r.text
+
+
+@pytest.mark.parametrize("name,content", [("classes.txt", "car\nb\xfcs\n".encode("latin-1")),
+                                          ("data.yaml", "names: [car, b\xfcs]\n".encode("latin-1")),
+                                          ("classes.txt", b"car\n\nbus\n"),
+                                          ("data.yaml", b"names: [car, {x: 1}]\n")])
+def test_yolo_class_names_that_are_not_utf8_or_leave_a_gap(client: TestClient, root: Path, name: str,
+                                                         content: bytes) -> None:
+    (root / "yolo" / name).write_bytes(content)
+    r = client.post("/api/import", headers=BEARER, json={"format": "yolo", "path": "yolo"})
+    assert r.status_code == 422, (content, r.status_code, r.text[:300])
+    assert any(w in r.json()["detail"] for w in ("not UTF-8", "line 2 is empty", "plain value")), r.text
+
+
+def test_coco_category_names_must_be_strings(client: TestClient, root: Path) -> None:
+    coco = root / "coco"
+    _image(coco / "images" / "a.jpg")
+    (coco / "ann.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 32, "height": 24}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10]}],
+        "categories": [{"id": 1, "name": {"x": 1}}]}))
+    r = client.post("/api/import", headers=BEARER, json={"format": "coco", "path": "coco/ann.json"})
+    assert r.status_code == 422 and "category name must be a string" in r.json()["detail"], r.text
+    assert client.get("/api/project", headers=BEARER).json()["labels"] == []

@@ -26,7 +26,9 @@ def read_coco(json_path: str | Path, images_dir: str | Path | None = None,
     report = report if report is not None else ReadReport()
     try:
         doc = json.loads(json_path.read_text())
-        cats = {int(c["id"]): str(c["name"]) for c in doc["categories"]}
+        cats = {int(c["id"]): c["name"] for c in doc["categories"]}
+        if not all(isinstance(name, str) for name in cats.values()):
+            raise TypeError("every category name must be a string")
         images = doc["images"]
         anns = doc.get("annotations", [])
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -17,23 +17,46 @@ from .common import (SPLIT_ALIASES, UNKNOWN_CLASS, FormatError, ReadReport, atom
                      file_name, file_stem, list_images, make_box, place_image)
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")  # a byte-order mark from a Windows editor is fine
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+
+
+def _classes_txt(path: Path) -> list[str]:
+    lines = [line.strip() for line in _text(path).splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()  # trailing blank lines name no class
+    for n, line in enumerate(lines, start=1):
+        if not line:  # dropping it would shift every later class index
+            raise FormatError(f"{path} line {n} is empty: each line names the class of its index")
+    return lines
+
+
+def _yaml_name(root: Path, value: object) -> str:
+    if isinstance(value, (dict, list, tuple)) or value is None:
+        raise FormatError(f"{root}/data.yaml: every class name must be a plain value, not {value!r:.60}")
+    return str(value)
+
+
 def _names(root: Path) -> list[str]:
     if (root / "classes.txt").is_file():
-        return [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
+        return _classes_txt(root / "classes.txt")
     if (root / "data.yaml").is_file():
         import yaml
 
         try:
-            data = yaml.safe_load((root / "data.yaml").read_text())
+            data = yaml.safe_load(_text(root / "data.yaml"))
         except yaml.YAMLError as e:  # includes tags safe_load refuses (!!python/...)
             raise FormatError(f"{root}/data.yaml is not valid YAML: {str(e)[:200]}") from e
         names = data.get("names") if isinstance(data, dict) else None
         if isinstance(names, dict):
             if not all(isinstance(k, int) for k in names):
                 raise FormatError(f"{root}/data.yaml: names must be a list or map class numbers to names")
-            return [str(names[k]) for k in sorted(names)]
+            return [_yaml_name(root, names[k]) for k in sorted(names)]
         if isinstance(names, list):
-            return [str(n) for n in names]
+            return [_yaml_name(root, n) for n in names]
     raise FormatError(f"{root}: no classes.txt or data.yaml with names")
 
 

@@ -53,6 +53,8 @@ def _under(root: Path, relative: str) -> Path:
         exists = target.exists()
     except (OSError, ValueError) as e:  # a name over the file system's limit, a NUL byte
         raise HTTPException(422, f"unusable path: {type(e).__name__}") from e
+    except RuntimeError as e:  # Python < 3.13: resolve() through a symlink loop
+        raise HTTPException(422, "unusable path: a symlink loop") from e
     if not exists:
         raise HTTPException(404, "no such path under the import root")
     return target
