@@ -123,3 +123,13 @@ def test_detection_needs_ten_boxes_per_class_naming_the_short_ones():
     with pytest.raises(TrainingError, match=r"'bike' has 3 boxes, 'bus' has 1 box\).*at least 10 boxes"):
         check_minimum(det({"car": 40, "bike": 3, "bus": 1}), "detection")
     check_minimum(det({"car": 10, "bike": 10}), "detection")  # exactly enough passes
+
+
+def test_a_project_class_with_no_examples_is_named_as_short():
+    with pytest.raises(TrainingError, match=r"'c' has 0\)"):
+        check_minimum(cls_examples({"a": 10, "b": 10}), "classification", labels=("a", "b", "c"))
+    boxes = [Example(id=f"d{i}", image_path=Path("x.png"), boxes=(LabeledBox(0.1, 0.1, 0.5, 0.5, "car"),))
+             for i in range(12)]
+    with pytest.raises(TrainingError, match=r"'bike' has 0 boxes\)"):
+        check_minimum(boxes, "detection", labels=("car", "bike"))
+    check_minimum(boxes, "detection", labels=("car",))

@@ -38,6 +38,7 @@ class RoundSpec:
     version: int
     parent: str | None = None  # checkpoint of the model this round starts from
     existing_splits: dict = field(default_factory=dict)
+    labels: tuple = ()  # the project's classes: one with no labelled example is named as too few
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ def _child_main(spec: RoundSpec, events: "mp.Queue", cancel: "mp.synchronize.Eve
         try:
             result = run_round(spec.examples, TrainConfig.model_validate(spec.config), spec.out_dir,
                                parent=spec.parent, existing_splits=spec.existing_splits, round_index=spec.round_id,
-                               name=spec.name, version=spec.version, on_epoch=on_epoch, should_cancel=cancel.is_set)
+                               name=spec.name, version=spec.version, on_epoch=on_epoch, should_cancel=cancel.is_set,
+                               project_labels=spec.labels)
         except RoundCancelled as e:
             events.put(("cancelled", str(e)))
             return

@@ -78,9 +78,10 @@ class _Plan:
     parent_state: dict | None
 
 
-def _plan(examples: Sequence[Example], config: TrainConfig, parent: dict | None, round_index: int | None) -> _Plan:
+def _plan(examples: Sequence[Example], config: TrainConfig, parent: dict | None, round_index: int | None,
+          project_labels: Sequence[str] = ()) -> _Plan:
     task = config.task or (parent["task"] if parent else D.infer_task(examples))
-    check_minimum(examples, task)
+    check_minimum(examples, task, project_labels)
     incremental = parent is not None and not config.full_retrain
     model = parent["model_name"] if incremental else config.model
     if incremental and config.model != model:
@@ -195,12 +196,14 @@ def run_round(examples: Sequence[Example], config: TrainConfig, out_dir: str | P
               parent: str | Path | None = None, existing_splits: Mapping[str, str] | None = None,
               round_index: int | None = None, name: str = "model", version: int | None = None,
               on_epoch: Callable[[EpochStats], None] | None = None,
-              should_cancel: Callable[[], bool] | None = None) -> RoundResult:
-    """Train one round and write ``model.pt``, ``model.onnx`` and the report into ``out_dir``."""
+              should_cancel: Callable[[], bool] | None = None, project_labels: Sequence[str] = ()) -> RoundResult:
+    """Train one round and write ``model.pt``, ``model.onnx`` and the report into ``out_dir``.
+
+    ``project_labels``: the project's classes, so one with no labelled example is named as short."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     parent_ckpt = load_checkpoint(parent) if parent else None
-    plan = _plan(examples, config, parent_ckpt, round_index)
+    plan = _plan(examples, config, parent_ckpt, round_index, project_labels)
     ids = {e.id for e in examples}
     existing = {k: v for k, v in (parent_ckpt or {}).get("splits", {}).items() if k in ids}
     existing.update(existing_splits or {})
@@ -216,7 +219,8 @@ def run_round(examples: Sequence[Example], config: TrainConfig, out_dir: str | P
     imbalance, class_weights = _imbalance(by_split["train"], plan, config)
     device = pick_device(config.device)
     norm = Normalizer(spec.mean, spec.std, device)
-    opts = FitOptions(config.epochs, config.lr, config.weight_decay, config.patience, config.overfit_epochs,
+    lr = config.lr * (config.incremental_lr_scale if plan.parent_state is not None else 1.0)
+    opts = FitOptions(config.epochs, lr, config.weight_decay, config.patience, config.overfit_epochs,
                       config.min_delta, config.amp, config.overfit_margin, min_epochs=config.min_epochs,
                       min_steps=config.min_steps, early_stop_on=config.early_stop_on)
     log.info("round %d: %s on %s, %s, imbalance %s", plan.round, plan.model, device,

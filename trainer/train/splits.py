@@ -105,8 +105,16 @@ def split_counts(examples: Iterable[Example], splits: Mapping[str, str]) -> dict
     return {s: counts.get(s, 0) for s in SPLITS}
 
 
-def check_minimum(examples: Sequence[Example], task: str) -> None:
-    """Refuse to train on too little data, saying why and what to do."""
+def _listed(items: list[str], most: int = 20) -> str:
+    more = f", and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more
+
+
+def check_minimum(examples: Sequence[Example], task: str, labels: Sequence[str] = ()) -> None:
+    """Refuse to train on too little data, saying why and what to do.
+
+    ``labels``: the project's classes; one with no example (or box) at all is named as short too.
+    """
     n = len(examples)
     if n < MIN_EXAMPLES:
         raise TrainingError(
@@ -114,13 +122,14 @@ def check_minimum(examples: Sequence[Example], task: str) -> None:
             f"have something to measure; label {MIN_EXAMPLES - n} more")
     if task == "classification":
         counts = Counter(e.label for e in examples)
+        counts.update({k: 0 for k in labels if k not in counts})
         if None in counts:
             raise TrainingError(f"{counts[None]} example(s) have no label; a classification round needs a label on each")
         if len(counts) < 2:
             raise TrainingError(f"only one class ({next(iter(counts))!r}): classification needs at least two")
         short = {k: v for k, v in sorted(counts.items()) if v < MIN_EXAMPLES}
         if short:
-            listed = ", ".join(f"{k!r} has {v}" for k, v in short.items())
+            listed = _listed([f"{k!r} has {v}" for k, v in short.items()])
             raise TrainingError(
                 f"too few examples per class ({listed}); each class needs at least {MIN_EXAMPLES} so the "
                 f"model sees it in training and it appears in validation and test: label more of these, "
@@ -130,9 +139,10 @@ def check_minimum(examples: Sequence[Example], task: str) -> None:
         if labelled == 0:
             raise TrainingError("no example has a box: a detection round needs annotated objects")
         boxes = Counter(b.label for e in examples for b in e.boxes)
+        boxes.update({k: 0 for k in labels if k not in boxes})
         short = {k: v for k, v in sorted(boxes.items()) if v < MIN_EXAMPLES}
         if short:
-            listed = ", ".join(f"{k!r} has {v} box{'es' if v != 1 else ''}" for k, v in short.items())
+            listed = _listed([f"{k!r} has {v} box{'es' if v != 1 else ''}" for k, v in short.items()])
             raise TrainingError(
                 f"too few objects per class ({listed}); each class needs at least {MIN_EXAMPLES} boxes so the "
                 f"model sees it in training and it appears in validation and test: draw more of these, "
