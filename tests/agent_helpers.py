@@ -322,3 +322,33 @@ def make_constant_model(path: Path, outputs: dict[str, np.ndarray], input_shape=
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def outbox_uplink(broker, tmp: Path, agent_id: str = "cam-agent-1", receipt_timeout_s: float = 1.0,
+                  max_inflight: int | None = None):
+    """A real agent outbox and uplink (no camera, no model): put frames with ``put_sample(outbox, s)``,
+    ``uplink.start()``; frames leave the outbox only on a receipt, as on a device."""
+    import random as _random
+
+    import factories
+    from agent.config import parse_config
+    from agent.metrics import Counters
+    from agent.outbox import Outbox
+    from agent.uplink import Uplink
+
+    uplink_cfg = {"receipt_timeout_s": receipt_timeout_s, **({"max_inflight": max_inflight} if max_inflight else {})}
+    cfg = parse_config({"agent_id": agent_id, "data_dir": str(tmp), "model": {"name": "shapes",
+                        "path": str(tmp / "unused.onnx")}, "mqtt": {"host": broker.host, "port": broker.port},
+                        "uplink": uplink_cfg, "cameras": [{"id": "gate", "source": "synthetic"}]}, tmp, "test")
+    outbox = Outbox(tmp / "outbox.sqlite", 256 * 1024 * 1024)
+    uplink = Uplink(cfg, outbox, Counters(), _random.Random(1),
+                    status=lambda state: factories.status(agent_id=agent_id, state=state, at=time.time()),
+                    telemetry=lambda: factories.telemetry(agent_id=agent_id, at=time.time()),
+                    on_command=lambda c: None, on_announcement=lambda a: None)
+    return outbox, uplink
+
+
+def put_sample(outbox, s: Sample) -> None:
+    from protocol.topics import sample_topic
+
+    outbox.put(s.frame_id, sample_topic(s.agent_id, s.camera_id), s.camera_id, s.uncertainty, encode(s)).result()

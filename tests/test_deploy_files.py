@@ -218,6 +218,37 @@ def test_compose_server_service():
         assert ":?" in value, f"{name}: a secret must be required (${{VAR:?message}}), never defaulted"
 
 
+def _compose_scale() -> dict:
+    yaml = pytest.importorskip("yaml")
+    return yaml.safe_load((DOCKER / "compose.scale.yaml").read_text())
+
+
+def test_compose_scale_layout():
+    """One PostgreSQL, the broker, one web server, scalable collectors and workers on one store URL."""
+    compose = _compose_scale()
+    services = compose["services"]
+    assert set(services) == {"postgres", "mosquitto", "server", "collector", "worker"}
+    assert services["mosquitto"]["volumes"] == _compose()["services"]["mosquitto"]["volumes"]
+    assert [_default(p).split(":")[-1] for p in services["mosquitto"]["ports"]] == ["8883"]
+    assert "ports" not in services["postgres"], "PostgreSQL stays on the compose network"
+    from trainer.roles.cli import ROLES
+    for role in ("server", *ROLES):
+        svc = services[role]
+        script = svc["command"][-1]
+        check = script.index(f"edgeloop {role} --check-config /etc/edgeloop/server.toml")
+        assert check < script.index(f"exec edgeloop {role} --config /etc/edgeloop/server.toml") and "&&" in script
+        env = svc["environment"]
+        assert env["EDGELOOP_STORE_URL"].startswith("postgresql://edgeloop:${EDGELOOP_PG_PASSWORD:?")
+        assert all(":?" in v for v in env.values()), "secrets must be required, never defaulted"
+        assert (DOCKER / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
+        toml = [src for src, dst in _mounts(svc) if dst == "/etc/edgeloop/server.toml"]
+        assert toml == ["../examples/server-scale.toml"] and (DOCKER / toml[0]).is_file()
+    for role in ROLES:  # no HTTP port: the image's HTTP healthcheck cannot apply; a client id of their own
+        assert services[role]["healthcheck"] == {"disable": True}
+        assert "--client-id" in services[role]["command"][-1] and "$$(hostname)" in services[role]["command"][-1]
+    assert ":?" in services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+
+
 def test_compose_publishes_only_the_agent_port_of_the_broker():
     ports = [_default(p).split(":") for p in _compose()["services"]["mosquitto"]["ports"]]
     published = {int(container) for _host, container in ports}
@@ -226,7 +257,8 @@ def test_compose_publishes_only_the_agent_port_of_the_broker():
 
 
 def test_env_examples_name_every_variable_the_deploy_files_read():
-    compose_vars = set(re.findall(r"\$\{([A-Z_]+)", (DOCKER / "compose.yaml").read_text()))
+    compose_vars = {v for f in ("compose.yaml", "compose.scale.yaml")
+                    for v in re.findall(r"\$\{([A-Z_]+)", (DOCKER / f).read_text())}
     env_example = (DOCKER / "env.example").read_text()
     for name in compose_vars:
         assert re.search(rf"^#? ?{name}=", env_example, re.M), f"{name} is missing from env.example"
@@ -254,6 +286,19 @@ def test_example_server_config_is_valid():
     assert cfg.mqtt.username == "server@edgeloop" and cfg.mqtt.port == 8884 and cfg.mqtt.tls and cfg.mqtt.ca_file
     assert cfg.publish.mqtt_port == 8884 and cfg.publish.mqtt_tls and cfg.publish.mqtt_ca_file
     assert str(cfg.store.data_dir) == "/var/lib/edgeloop"
+
+
+def test_example_scale_config_is_valid_for_every_role():
+    from trainer.roles.cli import ROLES, for_role
+    from trainer.server.config import ServerConfig
+    cfg = ServerConfig.model_validate(tomllib.loads((DEPLOY / "examples" / "server-scale.toml").read_text()))
+    assert cfg.store.url.startswith("postgresql://") and ":" not in cfg.store.url.split("//")[1].split("@")[0], \
+        "the password belongs in $EDGELOOP_STORE_URL, not the file"
+    assert not cfg.roles.collector and not cfg.roles.worker and cfg.mqtt.shared_group
+    assert cfg.retention.hard_limit_bytes
+    for role in ROLES:
+        run = for_role(cfg, role)
+        assert not run.http.enabled and getattr(run.roles, role)
 
 
 def test_broker_packet_limit_fits_the_largest_protocol_message():
@@ -318,7 +363,8 @@ def test_make_certs_gives_a_broker_certificate_agents_can_verify(tmp_path):
 
 # --- systemd ------------------------------------------------------------------
 
-UNITS = ["edgeloop-agent.service", "edgeloop-server.service"]
+UNITS = ["edgeloop-agent.service", "edgeloop-server.service", "edgeloop-collector@.service",
+         "edgeloop-worker@.service"]
 
 
 def _unit_keys(unit: str, key: str) -> list[str]:
@@ -327,8 +373,9 @@ def _unit_keys(unit: str, key: str) -> list[str]:
 
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_checks_the_config_it_then_runs(unit):
-    service = "agent" if "agent" in unit else "server"
+    service = next(s for s in ("agent", "collector", "worker", "server") if s in unit)
     [pre], [start] = _unit_keys(unit, "ExecStartPre"), _unit_keys(unit, "ExecStart")
+    assert f"edgeloop {service} " in start
     config = start.split("--config ")[1]
     assert pre.endswith(f"edgeloop {service} --check-config {config}")
     assert _unit_keys(unit, "ProtectSystem") == ["strict"] and _unit_keys(unit, "NoNewPrivileges") == ["yes"]
@@ -344,7 +391,7 @@ def test_systemd_analyze_verifies_the_unit(unit, tmp_path):
     edgeloop = shutil.which("edgeloop", path=str(Path(sys.executable).parent)) or shutil.which("edgeloop")
     if not edgeloop:
         pytest.skip("no edgeloop executable to stand in for /opt/edgeloop/bin/edgeloop")
-    copy = tmp_path / unit
+    copy = tmp_path / unit.replace("@.", "@1.")  # a template is verified as one of its instances
     copy.write_text((DEPLOY / "systemd" / unit).read_text().replace("/opt/edgeloop/bin/edgeloop", edgeloop))
     env = {**os.environ, "SYSTEMD_LOG_COLOR": "0"}
     verify = subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True,

@@ -130,25 +130,11 @@ def test_meter_refuses_over_the_hard_limit(tmp_path):
 # --- the hard limit end to end: a real collector, a real agent outbox and uplink ------------------
 
 def _agent(broker, tmp_path: Path, frames: int):
-    from agent.config import parse_config
-    from agent.metrics import Counters
-    from agent.outbox import Outbox
-    from agent.uplink import Uplink
-    from protocol import Status, Telemetry, encode
-    from protocol.topics import sample_topic
+    from agent_helpers import outbox_uplink, put_sample
 
-    cfg = parse_config({"agent_id": "cam-agent-1", "data_dir": str(tmp_path), "model": {"name": "shapes",
-                        "path": str(tmp_path / "unused.onnx")}, "mqtt": {"host": broker.host, "port": broker.port},
-                        "uplink": {"receipt_timeout_s": 1.0}, "cameras": [{"id": "gate", "source": "synthetic"}]},
-                       tmp_path, "test")
-    outbox = Outbox(tmp_path / "outbox.sqlite", 64 * 1024 * 1024)
+    outbox, uplink = outbox_uplink(broker, tmp_path)
     for i in range(frames):
-        s = factories.sample(frame_id=f"cam-agent-1.gate.{i:05d}", jpeg=factories.jpeg(64, 48, seed=i))
-        outbox.put(s.frame_id, sample_topic(s.agent_id, s.camera_id), s.camera_id, s.uncertainty, encode(s)).result()
-    uplink = Uplink(cfg, outbox, Counters(), random.Random(1),
-                    status=lambda state: factories.status(state=state, at=time.time()),
-                    telemetry=lambda: factories.telemetry(at=time.time()), on_command=lambda c: None,
-                    on_announcement=lambda a: None)
+        put_sample(outbox, factories.sample(frame_id=f"cam-agent-1.gate.{i:05d}", jpeg=factories.jpeg(64, 48, seed=i)))
     return outbox, uplink
 
 
@@ -186,3 +172,29 @@ def test_store_full_refuses_for_now_and_the_agent_keeps_and_resends(broker, tmp_
         uplink.stop()
         outbox.close()
         svc.stop()
+
+
+@BACKENDS
+def test_storage_api_reports_usage_by_category(tmp_path, store_backend):
+    from fastapi.testclient import TestClient
+
+    from trainer.server.app import create_app
+    from trainer.server.config import ServerConfig
+
+    token = "test-token-0123456789abcdef"
+    cfg = ServerConfig.model_validate({"mqtt": {"enabled": False}, "store": {"data_dir": str(tmp_path / "d")},
+                                       "retention": {"hard_limit_bytes": 10**9, "rejected_days": 2}})
+    with TestClient(create_app(cfg, token)) as client:
+        store = client.app.state.service.store
+        _ingest(store, "gate", 4)
+        ids = _pending_ids(store)
+        store.label(ids[0], "r", "label", label="circle")
+        store.label(ids[1], "r", "reject")
+        r = client.get("/api/storage", headers={"Authorization": f"Bearer {token}"})
+        assert client.get("/api/storage").status_code == 401
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert {k: v["examples"] for k, v in body["categories"].items()} == \
+        {"labeled": 1, "unreviewed": 2, "rejected": 1, "skipped": 0}
+    assert body["categories"]["unreviewed"]["bytes"] > 0 and body["total_bytes"] > 0
+    assert body["limit_bytes"] == 10**9 and body["full"] is False and body["policies"]["rejected_days"] == 2

@@ -39,6 +39,8 @@ def configure(parser: argparse.ArgumentParser, role: str) -> None:
     parser.add_argument("--check-config", type=Path, metavar="FILE", help="validate FILE for this role and exit")
     parser.add_argument("--data-dir", type=Path, help="override store.data_dir (the image cache; SQLite's folder)")
     parser.add_argument("--broker", metavar="HOST:PORT", help="override mqtt.host and mqtt.port")
+    parser.add_argument("--client-id", help="override mqtt.client_id (unique per process: the broker keeps its "
+                                            "session, and a second client with the same id cuts the first off)")
     if role == "worker":
         parser.add_argument("--worker-id", help="override roles.worker_id")
 
@@ -51,6 +53,8 @@ def for_role(config: ServerConfig, role: str, args: argparse.Namespace | None = 
     if args is not None and getattr(args, "broker", None):
         host, _, port = args.broker.rpartition(":")
         mqtt = mqtt.model_copy(update={"host": host, "port": int(port)})
+    if args is not None and getattr(args, "client_id", None):
+        mqtt = type(mqtt).model_validate({**mqtt.model_dump(), "password": mqtt.password, "client_id": args.client_id})
     if role == "collector":
         if not mqtt.enabled:
             raise RoleError("a collector needs [mqtt] enabled = true")
@@ -60,8 +64,9 @@ def for_role(config: ServerConfig, role: str, args: argparse.Namespace | None = 
         if config.rounds is None:
             raise RoleError("a worker needs a [rounds] table")
         worker_id = getattr(args, "worker_id", None) if args is not None else None
-        roles = roles.model_copy(update={"collector": False, "worker": True, "retention": False,
-                                         **({"worker_id": worker_id} if worker_id else {})})
+        if worker_id:
+            roles = type(roles).model_validate({**roles.model_dump(), "worker_id": worker_id})
+        roles = roles.model_copy(update={"collector": False, "worker": True, "retention": False})
         update = {"assist": None}
     else:
         raise RoleError(f"unknown role {role!r}")

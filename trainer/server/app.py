@@ -130,6 +130,9 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(api_data.router)
     app.include_router(api_assist.router)
+    from . import api_storage
+
+    app.include_router(api_storage.router)  # disk usage and retention (issue 13)
     from trainer.fleet import routes as fleet_routes
 
     app.include_router(fleet_routes.api_router())  # commands and config bundles (issue 14)

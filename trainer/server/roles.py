@@ -63,7 +63,7 @@ RULES: tuple[Rule, ...] = (
     # reading: viewer
     _r("GET", "/api/project", V), _r("GET", "/api/queue", V), _r("GET", "/api/labels/pending", V),
     _r("GET", "/api/items/{item_id}", V), _r("GET", "/api/images/{item_id}", V),
-    _r("GET", "/api/dataset/stats", V), _r("GET", "/api/fleet", V), _r("GET", "/api/dead_letters", V),
+    _r("GET", "/api/dataset/stats", V), _r("GET", "/api/storage", V), _r("GET", "/api/fleet", V), _r("GET", "/api/dead_letters", V),
     _r("GET", "/api/progress", V), _r("GET", "/api/assist", V), _r("GET", "/api/commands/{command_id}", V),
     _r("GET", "/api/commands", V), _r("GET", "/api/groups", V), _r("GET", "/api/groups/{group}/bundles", V),
     _r("GET", "/api/models/rounds", V), _r("GET", "/api/models", V),

@@ -83,8 +83,13 @@ class Service:
             if rounds_cfg.work_dir is None:
                 rounds_cfg = rounds_cfg.model_copy(update={"work_dir": cfg.store.data_dir / "rounds"})
             controller = self.publishing.controller if self.publishing else None
-            self.rounds = RoundManager(self.store, self.registry, rounds_cfg, rollout=controller)
+            roles = cfg.roles
+            self.rounds = RoundManager(self.store, self.registry, rounds_cfg, rollout=controller,
+                                       runs_jobs=roles.worker, owner=roles.worker_id or None,
+                                       lease_s=roles.worker_lease_s)
             self.rounds.start_auto()
+            if roles.worker:
+                self.rounds.serve_jobs(roles.worker_poll_s)  # rounds enqueued elsewhere, or whose worker died
 
     def _refresh_loop(self) -> None:
         """Re-sign the live announcement before it expires, so agents that join late still accept it."""

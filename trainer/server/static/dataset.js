@@ -119,9 +119,31 @@
     }
   }
 
+  function size(n) {
+    const units = ["B", "kB", "MB", "GB", "TB"];
+    let i = 0;
+    while (n >= 1000 && i < units.length - 1) { n /= 1000; i += 1; }
+    return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+  }
+
+  async function loadStorage() {
+    const st = await api("/api/storage");
+    const rows = Object.entries(st.categories).map(([name, c]) => h("tr", { dataset: { category: name } },
+      h("td", name), h("td.num", String(c.examples)), h("td.num", size(c.bytes))));
+    const deleted = Object.entries(st.deleted).map(([why, n]) => `${why}: ${n}`).join(", ");
+    fill($("storage"), h("table.grid#storage-table",
+      h("thead", h("tr", h("th", "category"), h("th.num", "examples"), h("th.num", "image bytes"))),
+      h("tbody", rows)),
+    h("div.muted", `Total ${size(st.total_bytes)}` + (st.limit_bytes ? ` of a ${size(st.limit_bytes)} limit` : "")
+      + (deleted ? `; deleted by retention: ${deleted}` : "")),
+    st.full ? h("div.notice.warn", "⚠ Storage is at its hard limit: new samples are refused for now; agents keep "
+      + "them and send them again once retention or a larger limit makes room.") : null);
+  }
+
   load();
   loadPending().catch((err) => {
     $("pending-panel").classList.remove("hidden");
     fill($("pending"), h("div.notice.error", `Could not load the reported labels: ${err.message}`));
   });
+  loadStorage().catch((err) => fill($("storage"), h("div.notice.error", `Could not load disk usage: ${err.message}`)));
 })();

@@ -1,0 +1,173 @@
+"""Role processes under kill -9, on SQLite and PostgreSQL: real `edgeloop collector` / `edgeloop worker`
+processes, a real mosquitto, a real agent outbox and uplink.
+
+- two collectors share the sample topics (MQTT 5 shared subscription); one is killed -9 three times
+  (and restarted with its client id) while 1,000 frames flow: exactly 1,000 are stored, each once, and
+  every frame leaves the agent's outbox on a receipt;
+- two workers wait for round jobs; the one that claimed the round is killed -9 (with its training
+  child): after the lease the other takes it over and the round completes once (one registered model).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import factories
+from agent_helpers import outbox_uplink, put_sample, write_config
+from mqtt_util import wait_until
+from trainer.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = pytest.mark.parametrize("store_backend", ["sqlite", "postgresql"], indirect=True)
+
+
+class Role:
+    """One ``edgeloop <role>`` process in its own process group (so -9 takes its children too)."""
+
+    def __init__(self, role: str, config: Path, log: Path, *extra: str) -> None:
+        self.args = [sys.executable, "-m", "edgeloop.cli", role, "--config", str(config), *extra]
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> "Role":
+        self.starts += 1
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+def _collector_config(tmp: Path, broker, client_id: str) -> Path:
+    return write_config(tmp / f"{client_id}.toml", {
+        "mqtt": {"host": broker.host, "port": broker.port, "client_id": client_id, "shared_group": "edgeloop",
+                 "protocol": "5", "batch_ms": 20},
+        "http": {"enabled": False}, "store": {"data_dir": str(tmp / "data")}})
+
+
+@BACKENDS
+def test_two_collectors_one_killed_three_times_store_exactly_1000(mqtt5_broker, tmp_path, store_backend):
+    frames = 1000
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    a = Role("collector", _collector_config(tmp_path, mqtt5_broker, "col-a"), logs / "a.log").start()
+    b = Role("collector", _collector_config(tmp_path, mqtt5_broker, "col-b"), logs / "b.log").start()
+    outbox, uplink = outbox_uplink(mqtt5_broker, tmp_path / "agent", receipt_timeout_s=2.0, max_inflight=100)
+    try:
+        for role in (a, b):
+            assert wait_until(lambda: "collector connected" in role.text(), 60), role.text()[-2000:]
+        uplink.start()
+
+        def feed() -> None:  # about 100 frames a second, so the kills land in the middle of the flow
+            for i in range(frames):
+                put_sample(outbox, factories.sample(frame_id=f"cam-agent-1.gate.{i:05d}",
+                                                    jpeg=factories.jpeg(48, 32, seed=i), width=48, height=32))
+                time.sleep(0.01)
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        for _ in range(3):
+            time.sleep(2.0)
+            a.kill9()
+            a.start()
+            assert wait_until(lambda: a.text().count("collector connected") >= a.starts, 60), a.text()[-2000:]
+        feeder.join(60)
+        assert wait_until(lambda: outbox.stats().pending == 0, 60), outbox.stats()
+        assert a.text().count("collector connected") == 4
+    finally:
+        uplink.stop()
+        outbox.close()
+        a.stop()
+        b.stop()
+    stats = outbox.stats()
+    assert stats.delivered == frames and stats.rejected == 0 and stats.evicted == 0
+    with Store(tmp_path / "data") as store:
+        ids = store.frame_ids()
+        assert len(ids) == frames and Counter(ids).most_common(1)[0][1] == 1
+        assert sorted(ids) == [f"cam-agent-1.gate.{i:05d}" for i in range(frames)]
+        assert store.count() == frames and store.counters()["ingest_stored"] == frames
+    assert "collector connected" in b.text()
+
+
+TRAIN = {"model": "small_cnn", "input_size": 32, "epochs": 2, "min_steps": 0, "batch_size": 16, "patience": 5,
+         "augment": {"enabled": False}, "export": {"verify_images": 2}, "device": "cpu"}
+
+
+def _labelled_store(data: Path, gen: Path) -> None:
+    from trainer.store import new_example
+    from trainer.synthetic.shapes import CLASSES, ShapesGenerator
+
+    examples = ShapesGenerator(size=32).generate(48, np.random.default_rng(1), gen)
+    with Store(data) as s:
+        s.add_examples([new_example(e.image_path.read_bytes(), label=e.label, source="synthetic", origin=e.id)
+                        for e in examples], task="classification", labels=CLASSES)
+
+
+def _worker_config(tmp: Path) -> Path:
+    path = write_config(tmp / "worker.toml", {
+        "http": {"enabled": False}, "store": {"data_dir": str(tmp / "data")},
+        "roles": {"worker_lease_s": 3.0, "worker_poll_s": 0.3}})
+    lines = ["\n[rounds]", 'model_name = "shapes"', "auto_start = false", f'work_dir = "{tmp / "rounds"}"',
+             "[rounds.train]"]
+    lines += [f"{k} = {v!r}".replace("'", '"') for k, v in TRAIN.items() if not isinstance(v, dict)]
+    lines += ["[rounds.train.augment]", "enabled = false", "[rounds.train.export]", "verify_images = 2"]
+    path.write_text(path.read_text() + "\n".join(lines) + "\n")
+    return path
+
+
+@BACKENDS
+def test_two_workers_one_killed_mid_round_the_round_completes_once(tmp_path, store_backend):
+    from trainer.publish.registry import Registry
+    from trainer.rounds.jobs import RoundJobs
+
+    _labelled_store(tmp_path / "data", tmp_path / "gen")
+    config = _worker_config(tmp_path)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    workers = {w: Role("worker", config, logs / f"{w}.log", "--worker-id", w).start() for w in ("wa", "wb")}
+    store = Store(tmp_path / "data")
+    try:
+        jobs = RoundJobs(store, "test")
+        rid = jobs.enqueue("fault test")
+        assert wait_until(lambda: (j := jobs.get(rid)).state == "running" and j.owner in workers, 90), \
+            {w: r.text()[-1500:] for w, r in workers.items()}
+        first = jobs.get(rid).owner
+        time.sleep(1.0)  # its training child is up: the kill lands mid-round
+        workers[first].kill9()
+        other = next(w for w in workers if w != first)
+        assert wait_until(lambda: jobs.get(rid).state not in ("queued", "running"), 150), \
+            (jobs.get(rid), workers[other].text()[-3000:])
+        job = jobs.get(rid)
+        assert job.state == "done", (job, workers[other].text()[-3000:])
+        assert job.owner == other and job.attempts == 2 and len(job.epochs) >= 1
+        with Registry(tmp_path / "data") as registry:
+            made = [m for m in registry.models("shapes") if m.config.get("round") == rid]
+        assert len(made) == 1 and job.detail["version"] == made[0].version
+    finally:
+        for w in workers.values():
+            w.stop()
+        store.close()
