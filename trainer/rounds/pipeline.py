@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -34,6 +36,7 @@ from trainer.publish.registry import ModelRecord, NewModel, Registry
 from trainer.synthetic.mix import SyntheticMix, synthetic_state, top_up
 
 from . import trigger
+from .jobs import Job, RoundJobs
 from .worker import Busy, RoundOutcome, RoundSpec, RoundWorker
 
 log = logging.getLogger(__name__)
@@ -85,8 +88,18 @@ class RoundReport:
 
 class RoundManager:
     def __init__(self, store, registry: Registry, config: RoundsConfig, rollout=None,
-                 on_report: Callable[[RoundReport], None] | None = None) -> None:
+                 on_report: Callable[[RoundReport], None] | None = None, *, runs_jobs: bool = True,
+                 owner: str | None = None, lease_s: float = 60.0) -> None:
         self.store = store
+        # Round jobs live in the store (trainer/rounds/jobs.py): any process may enqueue, cancel and read
+        # progress; a process with ``runs_jobs`` also trains (what `edgeloop worker` and the embedded server do).
+        self.runs_jobs = runs_jobs
+        self.jobs = RoundJobs(store, owner or f"{socket.gethostname()}:{os.getpid()}", lease_s)
+        self._local: int | None = None  # the round this process trains now
+        self._lost: set[int] = set()  # rounds whose lease another worker took over: never registered here
+        self._remote: int | None = None  # a round this process enqueued for another worker
+        self._beat: threading.Thread | None = None
+        self._server: threading.Thread | None = None
         self.registry = registry
         self.config = config
         self.rollout = rollout  # trainer.publish.rollout.RolloutController, or None: never auto-publish
@@ -102,11 +115,11 @@ class RoundManager:
         self._recover()
 
     def _recover(self) -> None:
-        """Rounds left "running" by a server that died cannot finish: say so, once, at start-up."""
-        detail = json.dumps({"state": "failed", "error": "the server stopped while this round ran"})
-        n = self.store.write(lambda db: db.execute(
-            "UPDATE rounds SET state = 'failed', finished = ?, detail = ? WHERE state = 'running'",
-            [time.time(), detail]).rowcount)
+        """Rounds left "running" without an owner cannot finish: say so, once, at start-up.
+
+        A round with an owner is a job: when its worker died, another takes it over once the lease expires.
+        """
+        n = self.jobs.fail_orphans()
         if n:
             log.warning("%d round(s) were running when the server last stopped: marked failed", n)
 
@@ -115,8 +128,8 @@ class RoundManager:
         """Start a round if the batch of corrections is reached (and none runs)."""
         project = self.store.project()
         count = self.config.trigger_count
-        d = trigger.decide(trigger.count_new_labels(self.store, count), project.batch_size, self.worker.running,
-                           count)
+        d = trigger.decide(trigger.count_new_labels(self.store, count), project.batch_size,
+                           self.worker.running or self.jobs.active() is not None, count)
         if d.start:
             try:
                 self.start_round(d.reason)
@@ -141,13 +154,23 @@ class RoundManager:
         self._stop.set()
         self.worker.cancel()
         self.worker.join(timeout)
-        if self._poller is not None:
-            self._poller.join(timeout)
+        for t in (self._poller, self._beat, self._server):
+            if t is not None:
+                t.join(timeout)
 
     # -- rounds -----------------------------------------------------------------
     def start_round(self, reason: str = "manual") -> int:
-        """Snapshot the labelled examples and start the worker; returns the round id (raises Busy)."""
+        """Enqueue a round and, with ``runs_jobs``, snapshot the labelled examples and start it here.
+
+        Returns the round id; raises Busy while a round is queued or running in any process.
+        """
         with self._lock:
+            if not self.runs_jobs:
+                round_id = self.jobs.enqueue(reason)
+                self._remote = round_id
+                self._done.clear()
+                log.info("round %d queued (%s) for a worker", round_id, reason)
+                return round_id
             if self.worker.running:
                 raise Busy(f"round {self.worker.progress()['round_id']} is running")
             # The start time is taken before the snapshot: a correction made in between is in this
@@ -155,12 +178,20 @@ class RoundManager:
             started = time.time()
             if self.config.synthetic is not None:
                 self._mix_synthetic()
-            examples = self.store.examples()
-            name = self.config.model_name
-            current = self.registry.current(name)
-            round_id = self.store.write(lambda db: db.execute(
-                "INSERT INTO rounds (started, state, detail) VALUES (?, 'running', ?)",
-                [started, json.dumps({"reason": reason, "examples": len(examples)})]).lastrowid)
+            round_id = self.jobs.enqueue(reason, started=started, claim=True)
+            self._start_job(round_id, reason)
+            return round_id
+
+    def _start_job(self, round_id: int, reason: str) -> None:
+        """Snapshot the examples and start the worker for a round this process holds (under ``_lock``)."""
+        examples = self.store.examples()
+        name = self.config.model_name
+        current = self.registry.current(name)
+        self.store.write(lambda db: db.execute("UPDATE rounds SET detail = ? WHERE id = ?", [
+            json.dumps({"reason": reason, "examples": len(examples)}), round_id]))
+        self._done.clear()
+        self._local, self._remote = round_id, None
+        try:
             if self.config.work_dir is None:
                 raise ValueError("RoundsConfig.work_dir is not set")
             out_dir = Path(self.config.work_dir) / f"round-{round_id:04d}"
@@ -168,17 +199,16 @@ class RoundManager:
                              out_dir=str(out_dir), name=name, version=self.registry.latest_version(name) + 1,
                              parent=current.checkpoint_path if current and current.checkpoint_path else None,
                              existing_splits={e.id: e.split for e in examples if e.split})
-            self._done.clear()
             self._examples = {round_id: examples}
-            try:
-                self.worker.start(spec)
-            except BaseException as e:
-                self._mark_round(round_id, "failed", {"error": f"the worker did not start: {e}"})
-                self._done.set()
-                raise
-            log.info("round %d started (%s): %d examples, parent %s", round_id, reason, len(examples),
-                     f"v{current.version}" if current else "none")
-            return round_id
+            self.worker.start(spec)
+        except BaseException as e:
+            self._mark_round(round_id, "failed", {"error": f"the worker did not start: {e}"})
+            self._local = None
+            self._done.set()
+            raise
+        self._start_heartbeat()
+        log.info("round %d started (%s): %d examples, parent %s", round_id, reason, len(examples),
+                 f"v{current.version}" if current else "none")
 
     def _mix_synthetic(self) -> None:
         next_round = self.store.db.read().execute("SELECT coalesce(max(id), 0) + 1 FROM rounds").fetchone()[0]
@@ -196,7 +226,8 @@ class RoundManager:
                                                                                         self.config.synthetic)}
 
     def progress(self) -> dict:
-        p = self.worker.progress()
+        """The active round (else the latest) as the store has it; live epochs when it trains here."""
+        p = self._job_progress()
         try:
             p["trigger"] = self.trigger_state()
         except Exception:  # e.g. the store closing at shutdown: progress is still worth showing
@@ -206,17 +237,112 @@ class RoundManager:
             "round_id": self.last.round_id, "state": self.last.state, "version": self.last.version,
             "gate": self.last.gate.to_dict() if self.last.gate else None, "error": self.last.error,
             "rollout_started": self.last.rollout_started, "timings": self.last.timings}
+        finished = self.jobs.last_finished()
+        if finished is not None and (self.last is None or finished.round_id > self.last.round_id):
+            d = finished.detail  # trained by another process: the store has what it recorded
+            p["last"] = {"round_id": finished.round_id, "state": finished.state, "version": d.get("version"),
+                         "gate": d.get("gate"), "error": d.get("error", "") or "",
+                         "rollout_started": bool(d.get("rollout_started")), "timings": d.get("timings") or {}}
+        return p
+
+    def _job_progress(self) -> dict:
+        job = self.jobs.active() or self.jobs.latest()
+        if job is None:
+            return {"state": "idle", "round_id": None, "epochs": []}
+        p = {"state": job.state, "round_id": job.round_id, "epochs": job.epochs, "started": job.started,
+             "finished": job.finished, "error": job.detail.get("error", "") or "",
+             "cancel_requested": job.cancel_requested, "owner": job.owner, "attempts": job.attempts,
+             "reason": job.reason}
+        if self._local == job.round_id:
+            p["epochs"] = self.worker.progress()["epochs"]
         return p
 
     def cancel(self) -> bool:
-        return self.worker.cancel()
+        """Cancel the queued or running round, whichever process runs it; False when none is active."""
+        job = self.jobs.request_cancel()
+        if job is None:
+            return self.worker.cancel()
+        if self._local == job.round_id:
+            self.worker.cancel()
+        return True
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the running round has been fully handled (registered, gated, handed over)."""
-        return self._done.wait(timeout)
+        """Block until the round started here (or queued here for a worker) has been fully handled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remote = self._remote
+            if remote is not None and self._local is None:
+                job = self.jobs.get(remote)
+                if job is not None and job.state not in ("queued", "running"):
+                    self.last = _report_of(job)
+                    self._remote = None
+                    self._done.set()
+            left = None if deadline is None else deadline - time.monotonic()
+            if self._done.wait(0.25 if left is None else max(0.0, min(0.25, left))):
+                return True
+            if left is not None and left <= 0:
+                return False
+
+    # -- jobs: claim, heartbeat ------------------------------------------------------
+    def serve_jobs(self, poll_s: float = 2.0) -> None:
+        """Claim rounds other processes enqueued (or whose worker died) and train them here."""
+        if self._server is None and self.runs_jobs:
+            self._server = threading.Thread(target=self._serve, args=(poll_s,), name="round-jobs", daemon=True)
+            self._server.start()
+
+    def _serve(self, poll_s: float) -> None:
+        while not self._stop.wait(poll_s):
+            try:
+                if self._local is None and not self.worker.running:
+                    job = self.jobs.claim()
+                    if job is not None:
+                        self._run_claimed(job)
+            except Exception:  # a failing claim must not end this worker
+                log.exception("claiming a round job failed")
+
+    def _run_claimed(self, job: Job) -> None:
+        name = self.config.model_name
+        done = [m for m in self.registry.models(name) if m.config.get("round") == job.round_id]
+        if done:  # its last worker died after registering: the model is there, do not train it twice
+            self.jobs.finish(job.round_id, "done", {"version": done[0].version, "error": "",
+                                                    "note": "registered before its worker stopped"})
+            return
+        log.warning("round %d claimed (attempt %d, reason %s)", job.round_id, job.attempts, job.reason)
+        with self._lock:
+            if self.config.synthetic is not None:
+                self._mix_synthetic()
+            self._start_job(job.round_id, job.reason)
+
+    def _start_heartbeat(self) -> None:
+        if self._beat is None or not self._beat.is_alive():
+            self._beat = threading.Thread(target=self._heartbeat, name="round-heartbeat", daemon=True)
+            self._beat.start()
+
+    def _heartbeat(self) -> None:
+        """Renew the lease of the round trained here, store its epochs, pass on cancels from any process."""
+        every = min(1.0, self.jobs.lease_s / 4)
+        while not self._stop.wait(every):
+            round_id = self._local
+            if round_id is None or not self.worker.running:
+                continue
+            try:
+                held, cancel = self.jobs.heartbeat(round_id, self.worker.progress()["epochs"])
+            except Exception:  # the store is briefly away: the lease has slack for a few misses
+                log.exception("heartbeat of round %d failed", round_id)
+                continue
+            if not held:
+                log.error("round %d: another worker took over its lease; stopping it here", round_id)
+                self._lost.add(round_id)
+                self.worker.cancel()
+            elif cancel:
+                self.worker.cancel()
 
     # -- completion ---------------------------------------------------------------
     def _finished(self, outcome: RoundOutcome) -> None:
+        if outcome.round_id in self._lost:  # its new worker registers it; a second model would be a duplicate
+            self._local = None
+            self._done.set()
+            return
         report = RoundReport(outcome.round_id, outcome.state, error=outcome.error)
         try:
             if outcome.state == "done":
@@ -230,19 +356,21 @@ class RoundManager:
             try:
                 self._mark_round(outcome.round_id, report.state, {
                     "version": report.version, "error": report.error[:2000],
-                    "gate": report.gate.to_dict() if report.gate else None, "timings": report.timings})
+                    "gate": report.gate.to_dict() if report.gate else None, "timings": report.timings,
+                    "rollout_started": report.rollout_started})
             except Exception:  # e.g. the store closed at shutdown: the report below still stands
                 log.exception("could not record the end of round %d in the store", outcome.round_id)
             self.last = report
+            self._local = None
             self._done.set()
         if self.on_report is not None:
             self.on_report(report)
 
     def _mark_round(self, round_id: int, state: str, detail: dict) -> None:
-        # The store owns the rounds table; it has no round API yet, so this goes through its writer.
-        self.store.write(lambda db: db.execute("UPDATE rounds SET finished = ?, state = ?, detail = ? WHERE id = ?",
-                                               [time.time(), state, json.dumps({"state": state, **detail}),
-                                                round_id]))
+        # Fenced by the owner (trainer/rounds/jobs.py): a worker that lost its lease cannot end the round.
+        epochs = self.worker.progress()["epochs"] if self._local == round_id else None
+        if not self.jobs.finish(round_id, state, detail, epochs):
+            log.error("round %d belongs to another worker now; its end here is not recorded", round_id)
 
     def _register(self, outcome: RoundOutcome) -> RoundReport:
         r = outcome.result
@@ -293,3 +421,10 @@ class RoundManager:
                  {k: v for k, v in cand.items() if k != "per_class"}, current.version,
                  {k: v for k, v in cur.items() if k != "per_class"})
         return gate_decide(cand, cur, cand["per_class"], cur["per_class"], candidate.overfit, self.config.gate)
+
+
+def _report_of(job: Job) -> RoundReport:
+    """A RoundReport from a finished round's row (a round another process trained)."""
+    d = job.detail
+    return RoundReport(job.round_id, job.state, d.get("version"), None, d.get("error", "") or "",
+                       bool(d.get("rollout_started")), d.get("timings") or {})

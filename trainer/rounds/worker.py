@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
@@ -60,8 +61,16 @@ def _summary(r) -> dict:
             "export_check": r.export_check, "seconds": r.seconds, "fit": r.fit.to_dict(), "imbalance": r.imbalance}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker killed with -9 cannot stop its round: the round stops itself (its job goes to another worker)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(3)
+
+
 def _child_main(spec: RoundSpec, events: "mp.Queue", cancel: "mp.synchronize.Event") -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s round: %(message)s")
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     try:
         from trainer.train.config import TrainConfig
         from trainer.train.errors import RoundCancelled, TrainingError
