@@ -162,6 +162,7 @@ class Collector:
         self.store = store
         # trainer.store.retention.StorageMeter: over its hard limit samples are refused for now (store_full).
         self.meter = meter
+        self._full_logged = 0.0
         self.cfg = config
         self.metrics = metrics
         self._inbox: queue.Queue[Raw] = queue.Queue()  # bounded in bytes by ``budget``
@@ -322,6 +323,10 @@ class Collector:
                     # Refused for now: acked to the broker but never receipted, so the agent keeps the
                     # frame in its outbox and sends it again after its receipt timeout.
                     self.metrics.inc("dead_letters", label="store_full")
+                    if now - self._full_logged > 60.0:  # once a minute: agents resend every receipt timeout
+                        self._full_logged = now
+                        log.warning("store full (retention.hard_limit_bytes): samples refused for now, agents keep "
+                                    "them (edgeloop_dead_letters_total{reason=\"store_full\"} counts them)")
                     continue
                 if not msg.frame_id.startswith(msg.agent_id + "."):
                     # Frame ids are "<agent>.<camera>.<n>": another agent's id would shadow its real frame.
