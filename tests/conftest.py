@@ -32,6 +32,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     mosquitto = shutil.which("mosquitto") or (os.path.exists("/usr/sbin/mosquitto") and "/usr/sbin/mosquitto")
     lines = [f"edgeloop broker: {'mosquitto at ' + mosquitto if mosquitto else 'amqtt (mosquitto not installed: MQTT 5 tests skip)'}"]
     lines.append(f"edgeloop shared data: {SHARED if SHARED.exists() else 'absent (shared-data tests skip)'}")
+    problem = _pg_problem()
+    lines.append(f"edgeloop PostgreSQL: {PG_ADMIN_URL if problem is None else problem + ' ([postgresql] tests skip)'}")
     return lines
 
 

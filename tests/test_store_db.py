@@ -227,3 +227,25 @@ def test_corrections_count_from_the_last_round_that_used_them(store: Store) -> N
     store.label(ids[2], "ann", "label", label="circle")
     assert store.corrected_since_last_round() == 1
     assert store.item(ids[2]).round_added == 3  # the batch of the next round
+
+
+def test_store_url_from_the_server_config(tmp_path: Path, store_url: str | None, monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from trainer.server.config import ServerConfig
+
+    monkeypatch.delenv("EDGELOOP_STORE_URL", raising=False)
+    data = tmp_path / "data"
+    assert ServerConfig.model_validate({"store": {"data_dir": str(data)}}).store.store_url() == \
+        f"sqlite:///{data / 'edgeloop.db'}"
+    url = store_url or f"sqlite:///{tmp_path / 'elsewhere' / 'x.db'}"
+    cfg = ServerConfig.model_validate({"store": {"data_dir": str(data), "url": url}})
+    assert cfg.store.store_url() == url
+    with Store(cfg.store.data_dir, url=cfg.store.store_url()) as s:
+        s.configure_project(labels=("a",))
+    if store_url is None:
+        assert (tmp_path / "elsewhere" / "x.db").exists() and not (data / "edgeloop.db").exists()
+    monkeypatch.setenv("EDGELOOP_STORE_URL", "sqlite:////tmp/from-env.db")
+    assert cfg.store.store_url() == "sqlite:////tmp/from-env.db"  # the environment wins (passwords stay out of files)
+    with pytest.raises(ValidationError, match="store.url"):
+        ServerConfig.model_validate({"store": {"url": "mysql://db/edgeloop"}})
