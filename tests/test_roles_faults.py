@@ -5,7 +5,9 @@ processes, a real mosquitto, a real agent outbox and uplink.
   (and restarted with its client id) while 1,000 frames flow: exactly 1,000 are stored, each once, and
   every frame leaves the agent's outbox on a receipt;
 - two workers wait for round jobs; the one that claimed the round is killed -9 (with its training
-  child): after the lease the other takes it over and the round completes once (one registered model).
+  child): after the lease the other takes it over and the round completes once (one registered model);
+- PostgreSQL (a private server made with initdb/pg_ctl, never the shared one) crashes and restarts
+  under ingest: the collectors reconnect and every frame is stored once.
 """
 
 from __future__ import annotations
@@ -171,3 +173,104 @@ def test_two_workers_one_killed_mid_round_the_round_completes_once(tmp_path, sto
         for w in workers.values():
             w.stop()
         store.close()
+
+
+# --- PostgreSQL restarted under ingest (a private server: the shared one is never touched) ------------
+
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return found[-1].parent if found else None
+
+
+class PrivatePostgres:
+    """initdb + pg_ctl in a temp dir, run as the ``postgres`` user (initdb refuses root), trust auth."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.bin, self.root, self.port = _pg_bin(), root, port
+        self.data = root / "data"
+
+    def _as_postgres(self, *args: str) -> None:
+        cmd = [str(self.bin / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+    def init(self) -> "PrivatePostgres":
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            import shutil
+            shutil.chown(self.root, "postgres", "postgres")
+        self._as_postgres("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        return self
+
+    def start(self) -> None:
+        self._as_postgres("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.root / "pg.log"), "-o",
+                          f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._as_postgres("pg_ctl", "-D", str(self.data), "-w", "-m", mode, "stop")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/edgeloop"
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_postgres_restarted_under_ingest_collectors_reconnect_nothing_lost(mqtt5_broker, tmp_path, monkeypatch):
+    if _pg_bin() is None:
+        pytest.skip("needs the PostgreSQL server binaries (initdb, pg_ctl)")
+    if os.geteuid() == 0 and subprocess.run(["id", "postgres"], capture_output=True).returncode != 0:
+        pytest.skip("running as root needs a postgres user for initdb")
+    pg = PrivatePostgres(Path(f"/tmp/edgeloop-pg-{os.getpid()}-{int(time.time())}"), _free_port()).init()
+    pg.start()
+    frames = 600
+    try:
+        import psycopg
+        with psycopg.connect(pg.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            conn.execute("CREATE DATABASE edgeloop")
+        monkeypatch.setenv("EDGELOOP_STORE_URL", pg.url)
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        cols = [Role("collector", _collector_config(tmp_path, mqtt5_broker, f"col-{c}"), logs / f"{c}.log").start()
+                for c in "ab"]
+        outbox, uplink = outbox_uplink(mqtt5_broker, tmp_path / "agent", receipt_timeout_s=2.0, max_inflight=100)
+        try:
+            for role in cols:
+                assert wait_until(lambda: "collector connected" in role.text(), 60), role.text()[-2000:]
+            uplink.start()
+
+            def feed() -> None:
+                for i in range(frames):
+                    put_sample(outbox, factories.sample(frame_id=f"cam-agent-1.gate.{i:05d}",
+                                                        jpeg=factories.jpeg(48, 32, seed=i), width=48, height=32))
+                    time.sleep(0.01)
+            feeder = threading.Thread(target=feed, daemon=True)
+            feeder.start()
+            time.sleep(2.5)
+            pg.stop("immediate")  # a crash: no checkpoint, recovery from the WAL at the next start
+            time.sleep(2.0)
+            pg.start()
+            feeder.join(60)
+            assert wait_until(lambda: outbox.stats().pending == 0, 60), outbox.stats()
+            assert all(r.proc.poll() is None for r in cols), "a collector died with the database"
+        finally:
+            uplink.stop()
+            outbox.close()
+            for r in cols:
+                r.stop()
+        assert outbox.stats().delivered == frames
+        # The restart reached the collectors: their pool lost its connections and made new ones.
+        assert any("error connecting in 'edgeloop-store'" in r.text() or "retrying" in r.text() for r in cols)
+        with Store(tmp_path / "data") as store:
+            ids = store.frame_ids()
+            assert sorted(ids) == [f"cam-agent-1.gate.{i:05d}" for i in range(frames)]
+            assert store.count() == frames
+    finally:
+        pg.stop("fast")
+        subprocess.run(["rm", "-rf", str(pg.root)], timeout=60)
