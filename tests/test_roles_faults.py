@@ -6,6 +6,7 @@ processes, a real mosquitto, a real agent outbox and uplink.
   every frame leaves the agent's outbox on a receipt;
 - two workers wait for round jobs; the one that claimed the round is killed -9 (with its training
   child): after the lease the other takes it over and the round completes once (one registered model);
+  a cancel written by another process stops the next round;
 - PostgreSQL (a private server made with initdb/pg_ctl, never the shared one) crashes and restarts
   under ingest: the collectors reconnect and every frame is stored once.
 """
@@ -169,6 +170,13 @@ def test_two_workers_one_killed_mid_round_the_round_completes_once(tmp_path, sto
         with Registry(tmp_path / "data") as registry:
             made = [m for m in registry.models("shapes") if m.config.get("round") == rid]
         assert len(made) == 1 and job.detail["version"] == made[0].version
+        # Cancel across processes: this test process flags the round in the store, the worker stops it.
+        again = jobs.enqueue("cancel me")
+        assert wait_until(lambda: jobs.get(again).state == "running", 60)
+        assert jobs.request_cancel().cancel_requested
+        assert wait_until(lambda: jobs.get(again).state == "cancelled", 90), workers[other].text()[-2000:]
+        with Registry(tmp_path / "data") as registry:
+            assert [m.version for m in registry.models("shapes")] == [made[0].version]
     finally:
         for w in workers.values():
             w.stop()
