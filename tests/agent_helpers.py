@@ -78,6 +78,22 @@ def make_classifier(path: Path, name: str = "shapes", version: int = 1, labels=L
     return path
 
 
+def write_video(path: Path, images, fps: float = 10.0) -> Path:
+    """Write BGR frames (all of one size) as an MJPG .avi: the tests' one video writer."""
+    import cv2
+
+    images = list(images)
+    h, w = images[0].shape[:2]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    try:
+        for image in images:
+            writer.write(image)
+    finally:
+        writer.release()
+    return path
+
+
 def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
