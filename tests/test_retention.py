@@ -183,6 +183,8 @@ def test_storage_api_reports_usage_by_category(tmp_path, store_backend):
 
     token = "test-token-0123456789abcdef"
     cfg = ServerConfig.model_validate({"mqtt": {"enabled": False}, "store": {"data_dir": str(tmp_path / "d")},
+                                       "project": {"task": "classification",
+                                                   "labels": ["circle", "square", "triangle"]},
                                        "retention": {"hard_limit_bytes": 10**9, "rejected_days": 2}})
     with TestClient(create_app(cfg, token)) as client:
         store = client.app.state.service.store
