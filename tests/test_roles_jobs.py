@@ -111,3 +111,19 @@ def test_rounds_without_an_owner_are_failed_at_start_up(store):
     assert RoundJobs(store, "new", 30).fail_orphans() == 1
     jobs = RoundJobs(store, "new", 30)
     assert jobs.get(rid).state == "failed" and jobs.get(owned).state == "running"
+
+
+@BACKENDS
+def test_a_round_ended_by_another_worker_is_not_overwritten_by_a_late_finish(store):
+    clock = Clock()
+    a, b = RoundJobs(store, "worker-a", 60, clock), RoundJobs(store, "worker-b", 60, clock)
+    rid = a.enqueue("test", claim=True)
+    b.request_cancel()  # flagged while worker-a is silent
+    clock.now += 120  # worker-a's lease passes: worker-b's claim ends the round as cancelled
+    assert b.claim() is None
+    ended = a.get(rid)
+    assert ended.state == "cancelled" and ended.owner is None
+    assert not a.finish(rid, "done", {"model": "v7"})  # the late finish of the old owner is refused
+    after = a.get(rid)
+    assert after.state == "cancelled" and "model" not in after.detail
+    assert not b.finish(rid, "done", {"model": "v8"})  # so is anyone's finish of an ended round

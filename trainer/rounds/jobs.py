@@ -117,11 +117,10 @@ class RoundJobs:
         now = self.clock()
 
         def fn(db) -> int | None:
-            lock = db.dialect.for_update()
             row = db.execute(
                 "SELECT id, state, attempts, cancel_requested FROM rounds WHERE active = 1 AND (state = 'queued'"
                 " OR (state = 'running' AND coalesce(lease_until, 0) < ?)) ORDER BY id LIMIT 1"
-                + (lock + " SKIP LOCKED" if lock else ""), [now]).fetchone()
+                + db.dialect.for_update(skip_locked=True), [now]).fetchone()
             if row is None:
                 return None
             round_id, state, attempts, cancel = row
@@ -169,13 +168,13 @@ class RoundJobs:
         return None if round_id is None else self.get(round_id)
 
     def finish(self, round_id: int, state: str, detail: dict, epochs: list | None = None) -> bool:
-        """End the round if this owner still holds it (or nobody does); False when another worker took it."""
+        """End the round if it is still active and this owner holds it; False when another worker took or ended it."""
         now = self.clock()
 
         def fn(db) -> bool:
-            n = db.execute("SELECT count(*) FROM rounds WHERE id = ? AND (owner IS NULL OR owner = ?)",
-                           [round_id, self.owner]).fetchone()[0]
-            if not n:
+            held = db.execute("SELECT id FROM rounds WHERE id = ? AND active = 1 AND owner = ?"
+                              + db.dialect.for_update(), [round_id, self.owner]).fetchone()
+            if held is None:
                 return False
             _end(db, round_id, state, detail, now, epochs)
             return True
@@ -190,7 +189,8 @@ class RoundJobs:
 
 
 def _end(db, round_id: int, state: str, detail: dict, now: float, epochs: list | None = None) -> None:
-    sets = "finished = ?, state = ?, detail = ?, active = NULL, lease_until = NULL"
+    # owner cleared too: an ended round belongs to nobody, so no late finish or heartbeat matches it
+    sets = "finished = ?, state = ?, detail = ?, active = NULL, lease_until = NULL, owner = NULL"
     args: list = [now, state, json.dumps({"state": state, **detail})]
     if epochs is not None:
         sets += ", progress = ?"
