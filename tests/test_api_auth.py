@@ -27,6 +27,8 @@ def seed(store, n: int = 3, detection: bool = False) -> None:
     make = factories.detection_sample if detection else factories.sample
     samples = [make(frame_id=f"cam-agent-1.gate.{i}", jpeg=factories.jpeg(seed=i), uncertainty=0.1 * (i + 1))
                for i in range(n)]
+    if not store.project().labels:  # as [project] labels would: agents never define them
+        store.configure_project(task=samples[0].task, labels=samples[0].labels)
     store.ingest_samples([incoming(s)
                           for s in samples])
 

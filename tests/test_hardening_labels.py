@@ -65,13 +65,18 @@ def test_agents_cannot_add_labels_they_go_to_a_bounded_pending_list(tmp_path: Pa
         assert store.counters()["ingest_invalid_labels"] == 2 and store.project().labels == LABELS
 
 
-def test_a_fresh_project_takes_the_first_models_valid_labels_once(tmp_path: Path) -> None:
+def test_a_fresh_project_adopts_no_agent_labels_they_wait_for_approval(tmp_path: Path) -> None:
+    """Before, the first sample of a project without labels defined them (up to 1,000 names)."""
     with Store(tmp_path / "s") as store:
         store.ingest_samples([incoming(factories.sample(labels=("cat", "a/b", "dog"), scores=(0.5, 0.25, 0.25)))])
-        assert store.project().labels == ("cat", "dog")
-        store.ingest_samples([incoming(factories.sample(frame_id="cam-agent-1.gate.2", labels=("cat", "dog", "eel"),
-                                                        scores=(0.5, 0.25, 0.25)))])
-        assert store.project().labels == ("cat", "dog") and [p["name"] for p in store.pending_labels()] == ["eel"]
+        assert store.project().labels == () and store.count() == 1
+        assert sorted(p["name"] for p in store.pending_labels()) == ["cat", "dog"]
+        junk = tuple(f"junk{i}" for i in range(1000))
+        store.ingest_samples([incoming(factories.sample(frame_id="cam-agent-1.gate.2", labels=junk,
+                                                        scores=(1 / 1000,) * 1000))])
+        assert store.project().labels == () and len(store.pending_labels()) == PENDING_MAX
+        assert store.approve_label("dog").labels == ("dog",)
+        assert store.approve_label("cat").labels == ("dog", "cat")
 
 
 @pytest.fixture

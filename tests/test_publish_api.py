@@ -100,6 +100,7 @@ def test_publish_by_hand_then_roll_back(api):
 def test_lineage_of_an_edge_example(api):
     client, registry, store, tmp_path = api
     sample = factories.sample(frame_id="cam-agent-1.gate.000042")
+    store.configure_project(task=sample.task, labels=sample.labels)  # agents never define the labels
     store.ingest_samples([incoming(sample)])
     item_id = store.queue()[0][0].id
     store.label(item_id, "alice", "label", label="square")

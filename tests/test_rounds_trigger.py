@@ -61,6 +61,7 @@ def _store_with_reviews(tmp_path, detection: bool):
 
     store = Store(tmp_path / "data")
     make = factories.detection_sample if detection else factories.sample
+    store.configure_project(task=make().task, labels=make().labels)  # [project] labels: agents never define them
     store.ingest_samples([incoming(make(frame_id=f"cam-agent-1.gate.{i:06d}", jpeg=factories.jpeg(seed=i)))
                           for i in range(6)])
     ids = [it.id for it in store.queue(limit=10)[0]]

@@ -18,6 +18,8 @@ from trainer.store.ranking import duplicate_clusters, expected_value
 
 
 def ingest(store: Store, samples) -> None:
+    if samples and not store.project().labels:  # as [project] labels would: agents never define them
+        store.configure_project(task=samples[0].task, labels=samples[0].labels)
     store.ingest_samples([incoming(s) for s in samples])
 
 

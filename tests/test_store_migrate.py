@@ -20,6 +20,7 @@ def _source(tmp_path: Path) -> str:
     data = tmp_path / "old"
     url = f"sqlite:///{data / 'edgeloop.db'}"
     with Store(data, url=url) as store:
+        store.configure_project(task="classification", labels=factories.sample().labels)
         store.ingest_samples([incoming(factories.sample(frame_id=f"cam.gate.{i}", jpeg=factories.jpeg(seed=i),
                                                         uncertainty=0.1 + i / 40, embedding=b""))
                               for i in range(30)])

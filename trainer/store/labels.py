@@ -8,9 +8,9 @@ importers, ingest, the approval API and the exporters all call :func:`label_prob
 
 Agents do not create labels. A sample that names a label the project does not know is stored as
 usual; the unknown name goes to ``pending_labels`` (at most ``PENDING_MAX`` names, counted beyond
-that) until a person approves it (it joins the project's labels) or dismisses it. A project with no
-labels at all (none configured, nothing imported) takes the valid names of its first sample, so a
-collector started without ``[project] labels`` still works; configure the labels to trust no agent.
+that) until a person approves it (it joins the project's labels) or dismisses it. That holds for a
+project with no labels yet too: its labels come from ``[project] labels``, an import, or approvals,
+never from whatever the first agent happens to send.
 These functions run on the store's writer thread (they take its ``trainer.store.sql.Conn``).
 """
 
@@ -60,16 +60,10 @@ def project_labels(db: Conn) -> list[str] | None:
 def from_agents(db: Conn, label_sets: list[tuple[str, ...]], now: float) -> tuple[str, ...]:
     """Account for the labels of newly stored samples (one tuple per sample).
 
-    Returns the labels a fresh project adopts (empty when the project already has labels); unknown
-    valid names are counted into ``pending_labels``, invalid ones only counted.
+    Unknown valid names are counted into ``pending_labels``, invalid ones only counted. Returns the
+    labels the project adopts: always none (a person approves names; kept for the store's caller).
     """
-    current = project_labels(db) or []
-    if not current and label_sets:
-        adopted = tuple(x for x in dict.fromkeys(label_sets[0]) if label_problem(x) is None)
-        current = list(adopted)
-    else:
-        adopted = ()
-    known = set(current)
+    known = set(project_labels(db) or [])
     unknown: Counter[str] = Counter()
     invalid = 0
     for labels in label_sets:
@@ -83,7 +77,7 @@ def from_agents(db: Conn, label_sets: list[tuple[str, ...]], now: float) -> tupl
     dropped = _add_pending(db, unknown, now)
     _count(db, {"ingest_unknown_labels": sum(unknown.values()), "ingest_invalid_labels": invalid,
                 "pending_labels_dropped": dropped})
-    return adopted
+    return ()
 
 
 def _add_pending(db: Conn, unknown: Counter[str], now: float) -> int:
