@@ -197,3 +197,47 @@ def test_new_password_ends_the_accounts_sessions(client: TestClient) -> None:
     assert browser.get("/api/me").status_code == 401
     assert browser.post("/api/login", json={"user": "bob", "password": PASSWORD}).status_code == 401
     assert browser.post("/api/login", json={"user": "bob", "password": "another long password"}).status_code == 200
+
+
+def test_two_concurrent_changes_never_leave_no_admin(tmp_path: Path) -> None:
+    import threading
+
+    store = Store(tmp_path / "race")
+    try:
+        for _ in range(10):
+            store.write(lambda db: db.execute("DELETE FROM accounts"))
+            for name in ("a1", "a2"):
+                store.write(lambda db, n=name: accounts.create(db, n, "admin", None))
+            barrier, refused = threading.Barrier(2), []
+
+            def disable(name: str) -> None:
+                barrier.wait()
+                try:
+                    store.write(lambda db: accounts.set_disabled(db, name, True))
+                except accounts.AccountError as e:
+                    refused.append(e.status)
+            threads = [threading.Thread(target=disable, args=(n,)) for n in ("a1", "a2")]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+            assert accounts.active_admins(store.db.read()) == 1 and refused == [409]
+    finally:
+        store.close()
+
+
+def test_bootstrap_stays_retired_when_every_admin_is_lost(client: TestClient) -> None:
+    r = client.post("/api/login", json={"token": TOKEN, "user": "early"})
+    assert r.status_code == 200
+    csrf = r.json()["csrf_token"]
+    root = _add(client, BOOT, "root", "admin")
+    assert client.get("/api/me").status_code == 401  # the bootstrap session is refused and ended
+    store = client.app.state.service.store
+    assert not [s for s in client.app.state.auth._sessions.values() if s.kind == "bootstrap"]
+    store.write(lambda db: db.execute("UPDATE accounts SET disabled = 1"))  # every admin lost (outside the API)
+    assert client.get("/api/me", headers=bearer(root)).status_code == 401
+    r = client.get("/api/me", headers=BOOT)
+    assert r.status_code == 401 and "retired" in r.json()["detail"]
+    assert client.post("/api/users", headers={"X-CSRF-Token": csrf},
+                       json={"name": "eve", "role": "admin", "password": PASSWORD}).status_code == 401
+    assert client.post("/api/login", json={"token": TOKEN}).status_code == 401
+    store.write(lambda db: accounts.set_disabled(db, "root", False))  # the recovery: edgeloop users on the shell
+    assert client.get("/api/me", headers=bearer(root)).json()["name"] == "root"

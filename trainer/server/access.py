@@ -64,8 +64,18 @@ def store_of(request: Request):
 
 
 def bootstrap_open(store) -> bool:
-    """The shared token works only until the first enabled admin account exists."""
-    return accounts.active_admins(store.db.read()) == 0
+    """The shared token works only until the first enabled admin account exists, and never after.
+
+    Retired for good (a flag in the store) so that losing every admin later does not silently turn
+    the shared token back into an admin credential; ``edgeloop users`` on the server's machine recovers.
+    """
+    db = store.db.read()
+    if accounts.bootstrap_retired(db):
+        return False
+    if accounts.active_admins(db) == 0:
+        return True
+    store.db.write(accounts.retire_bootstrap)  # an admin made before the flag existed
+    return False
 
 
 BOOTSTRAP_RETIRED = ("the shared bootstrap token is retired: an admin account exists; sign in with an account "
@@ -128,6 +138,7 @@ def session_principal(request: Request, session) -> Principal:
     store = store_of(request)
     if getattr(session, "kind", "account") == "bootstrap":
         if not bootstrap_open(store):
+            request.app.state.auth.end_bootstrap_sessions()  # ended, not just refused while an admin exists
             raise _unauthorized(BOOTSTRAP_RETIRED)
         return Principal(session.user, Role.ADMIN, "bootstrap")
     account = accounts.get(store.db.read(), session.user)

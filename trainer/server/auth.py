@@ -175,6 +175,14 @@ class Auth:
                 del self._sessions[sid]
             return len(ended)
 
+    def end_bootstrap_sessions(self) -> int:
+        """End every session opened with the shared token (once it is retired); how many ended."""
+        with self._lock:
+            ended = [sid for sid, s in self._sessions.items() if s.kind == "bootstrap"]
+            for sid in ended:
+                del self._sessions[sid]
+            return len(ended)
+
 
 bearer = HTTPBearer(auto_error=False, description="a personal API token (edgeloop users), or the bootstrap "
                     "token (http.token or $EDGELOOP_SERVER_TOKEN) until an admin account exists")

@@ -10,7 +10,12 @@ token's hash is kept after a rotation so that a caller still using it gets
 Every change is one function run inside the store's write transaction
 (``store.write(lambda db: ...)``), and checks before it writes, so a refused
 change (the last admin demoted or disabled, an unknown name) leaves nothing
-behind. Plain portable SQL with ``?`` placeholders (trainer/store/sql.py).
+behind. A change that could remove an admin first locks the enabled admins'
+rows (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's one writer already
+serialises), so two concurrent changes cannot each see "another admin is left"
+and together leave none. The first enabled admin retires the shared bootstrap
+token for good (the ``bootstrap_retired`` counter row): losing every admin
+later never re-opens it; ``edgeloop users`` on the server's machine recovers. Plain portable SQL with ``?`` placeholders (trainer/store/sql.py).
 No threads of its own; hashing a password takes tens of milliseconds.
 """
 
@@ -30,6 +35,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TOKEN_PREFIX = "elu_"  # recognisable in logs and secret scanners
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
+RETIRED = "bootstrap_retired"  # a counters row: present once the first admin existed
 COLUMNS = "name, role, disabled, created_at, updated_at, token_created_at, password_hash IS NOT NULL"
 _hasher = PasswordHasher()
 
@@ -104,6 +110,15 @@ def active_admins(db) -> int:
     return db.execute("SELECT count(*) FROM accounts WHERE role = 'admin' AND disabled = 0").fetchone()[0]
 
 
+def bootstrap_retired(db) -> bool:
+    """Whether an admin account has ever existed (the shared token then never works again)."""
+    return db.execute("SELECT 1 FROM counters WHERE name = ?", [RETIRED]).fetchone() is not None
+
+
+def retire_bootstrap(db) -> None:
+    db.execute("INSERT INTO counters (name, value) VALUES (?, 1) ON CONFLICT (name) DO NOTHING", [RETIRED])
+
+
 def by_token(db, token: str) -> tuple[Account | None, bool]:
     """(the account whose current API token this is, or None; whether it is a rotated-out token)."""
     digest = token_hash(token)
@@ -136,12 +151,23 @@ def _require(db, name: str) -> Account:
     return account
 
 
-def _keeps_an_admin(db, name: str, role: str, disabled: bool) -> None:
-    """Refuse a change that leaves no enabled admin (the bootstrap token would not come back)."""
+def _lock_admins(db) -> int:
+    """Lock the enabled admins' rows until the transaction ends; how many there are."""
+    return len(db.execute("SELECT name FROM accounts WHERE role = 'admin' AND disabled = 0 ORDER BY name"
+                          + db.dialect.for_update()).fetchall())
+
+
+def _keeps_an_admin(db, name: str, role: str | None, disabled: bool | None) -> Account:
+    """The account (read under the admin lock); refuses a change that leaves no enabled admin."""
+    admins = _lock_admins(db)
     current = _require(db, name)
-    if current.role == "admin" and not current.disabled and (role != "admin" or disabled) \
-            and active_admins(db) <= 1:
+    role = current.role if role is None else role
+    disabled = current.disabled if disabled is None else disabled
+    if current.role == "admin" and not current.disabled and (role != "admin" or disabled) and admins <= 1:
         raise AccountError(f"{name} is the last enabled admin: add or enable another admin first", 409)
+    if role == "admin" and not disabled:
+        retire_bootstrap(db)
+    return current
 
 
 def create(db, name: str, role: str, password_hash: str | None, now: float | None = None) -> str:
@@ -155,21 +181,21 @@ def create(db, name: str, role: str, password_hash: str | None, now: float | Non
     db.execute("INSERT INTO accounts (name, role, password_hash, token_hash, token_created_at, disabled,"
                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
                [name, role, password_hash, token_hash(token), now, now, now])
+    if role == "admin":
+        retire_bootstrap(db)
     return token
 
 
 def set_role(db, name: str, role: str, now: float | None = None) -> Account:
     check_role(role)
-    account = _require(db, name)
-    _keeps_an_admin(db, name, role, account.disabled)
+    _keeps_an_admin(db, name, role, None)
     db.execute("UPDATE accounts SET role = ?, updated_at = ? WHERE name = ?",
                [role, time.time() if now is None else now, name])
     return _require(db, name)
 
 
 def set_disabled(db, name: str, disabled: bool, now: float | None = None) -> Account:
-    account = _require(db, name)
-    _keeps_an_admin(db, name, account.role, disabled)
+    _keeps_an_admin(db, name, None, disabled)
     db.execute("UPDATE accounts SET disabled = ?, updated_at = ? WHERE name = ?",
                [1 if disabled else 0, time.time() if now is None else now, name])
     return _require(db, name)
