@@ -95,3 +95,19 @@ def test_a_tiny_round_takes_its_floor_of_steps_reports_the_metric_and_does_not_s
     assert fit.metric_name == "accuracy" and fit.watched == "val_metric"
     assert all(0 <= h.val_metric <= 1 for h in fit.history)
     assert fit.best_val_metric == max(h.val_metric for h in fit.history)
+
+
+def test_new_examples_are_oversampled_but_never_take_over_the_draws(tmp_path):
+    from trainer.dataset import Example
+    from trainer.train.data import sample_weights
+
+    def data(old, new):
+        return ([Example(id=f"o{i}", image_path=tmp_path / "x", label="ab"[i % 2]) for i in range(old)]
+                + [Example(id=f"n{i}", image_path=tmp_path / "x", label="ab"[i % 2], round_added=5) for i in range(new)])
+    big = sample_weights(data(420, 40), "classification", True, 5, 3.0, 0.25)
+    assert big[-1] == 3.0 and big[0] == 1.0                     # 120 of 540 draws: under the cap, full factor
+    small = sample_weights(data(100, 40), "classification", True, 5, 3.0, 0.25)
+    assert small[-1] == 1.0                                      # 3x would be 55 % of the draws: no oversampling
+    mid = sample_weights(data(200, 40), "classification", True, 5, 3.0, 0.25)
+    assert abs(40 * mid[-1] / (40 * mid[-1] + 200) - 0.25) < 1e-9  # capped at exactly a quarter
+    assert sample_weights(data(100, 40), "classification", True, 5, 3.0, 1.0)[-1] == 3.0  # no cap

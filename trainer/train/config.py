@@ -95,7 +95,10 @@ class TrainConfig(_Strict):
     overfit_margin: float = Field(0.1, ge=0)  # ...ending this much (relative) above the best val loss
     min_delta: float = Field(1e-4, ge=0)
     full_retrain: bool = False
+    # Peak learning rate of an incremental round, as a share of lr (1: the same as a first round).
+    incremental_lr_scale: float = Field(1.0, gt=0, le=1)
     new_weight: float = Field(3.0, ge=1.0)  # sampling weight of examples added this round
+    new_share_max: float = Field(0.25, gt=0, le=1)  # ...but at most this share of the draws (1: no cap)
     balance: Literal["sampler", "loss", "none"] = "sampler"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # only used on CUDA

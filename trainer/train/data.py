@@ -102,15 +102,19 @@ def class_counts(examples: Sequence[Example], task: str) -> Counter:
 
 
 def sample_weights(examples: Sequence[Example], task: str, balance: bool, current_round: int,
-                   new_weight: float) -> list[float]:
+                   new_weight: float, new_share_max: float = 1.0) -> list[float]:
     """Per-example sampling weight: rarer classes up (if ``balance``), this round's examples up.
 
     Oversampling what is new is what lets 30-50 corrected examples move a model
-    trained on hundreds, while the old examples keep being seen. Generated
+    trained on hundreds, while the old examples keep being seen. But on a small
+    dataset the same factor lets the new batch dominate (40 new on 100 old at
+    3x are 55 % of the draws) and the round forgets what it knew, so the new
+    examples' share of the draws is capped at ``new_share_max`` (never below
+    their natural share: the factor does not go under 1). Generated
     (synthetic) examples are never "new": the corrections are what matters.
     """
     counts = class_counts(examples, task)
-    weights = []
+    base, new = [], []
     for e in examples:
         w = 1.0
         if balance and counts:
@@ -118,7 +122,12 @@ def sample_weights(examples: Sequence[Example], task: str, balance: bool, curren
                 w = max(counts.values()) / counts[e.label]
             elif e.boxes:
                 w = max(max(counts.values()) / counts[b.label] for b in e.boxes)
-        if e.round_added == current_round and current_round > 0 and e.source != "synthetic":
-            w *= new_weight
-        weights.append(w)
-    return weights
+        base.append(w)
+        new.append(e.round_added == current_round and current_round > 0 and e.source != "synthetic")
+    new_mass = sum(w for w, n in zip(base, new) if n)
+    old_mass = sum(base) - new_mass
+    factor = new_weight
+    if new_mass > 0 and old_mass > 0 and new_share_max < 1.0:
+        # the factor f at which f * new / (f * new + old) == new_share_max
+        factor = max(1.0, min(new_weight, new_share_max * old_mass / ((1.0 - new_share_max) * new_mass)))
+    return [w * factor if n else w for w, n in zip(base, new)]

@@ -112,7 +112,8 @@ def _loaders(examples, splits, plan: _Plan, config: TrainConfig, generator: torc
     train_ds = make("train", train_tf)
     train_ds.per_image_augment = aug.enabled and not batched
     weights = D.sample_weights(train_ds.examples, plan.task, config.balance == "sampler" or
-                               (config.balance == "loss" and plan.task == "detection"), plan.round, config.new_weight)
+                               (config.balance == "loss" and plan.task == "detection"), plan.round, config.new_weight,
+                               config.new_share_max)
     per_epoch = samples_per_epoch(len(weights), config.batch_size, config.epochs, config.min_steps)
     if len(set(weights)) > 1:
         sampler = WeightedRandomSampler(weights, num_samples=per_epoch, replacement=True, generator=generator)
