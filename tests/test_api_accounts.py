@@ -241,3 +241,26 @@ def test_bootstrap_stays_retired_when_every_admin_is_lost(client: TestClient) ->
     assert client.post("/api/login", json={"token": TOKEN}).status_code == 401
     store.write(lambda db: accounts.set_disabled(db, "root", False))  # the recovery: edgeloop users on the shell
     assert client.get("/api/me", headers=bearer(root)).json()["name"] == "root"
+
+
+def test_two_simultaneous_adds_of_one_name_make_one_account_and_one_409(tmp_path: Path) -> None:
+    import threading
+
+    store = Store(tmp_path / "race")
+    try:
+        for trial in range(10):
+            barrier, outcomes = threading.Barrier(2), []
+
+            def add(name: str) -> None:
+                barrier.wait()
+                try:
+                    store.write(lambda db: accounts.create(db, name, "viewer", None))
+                    outcomes.append(201)
+                except accounts.AccountError as e:
+                    outcomes.append(e.status)
+            threads = [threading.Thread(target=add, args=(f"bob{trial}",)) for _ in range(2)]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+            assert sorted(outcomes) == [201, 409]
+    finally:
+        store.close()

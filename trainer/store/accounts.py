@@ -178,9 +178,12 @@ def create(db, name: str, role: str, password_hash: str | None, now: float | Non
         raise AccountError(f"user {name!r} already exists", 409)
     now = time.time() if now is None else now
     token = new_token()
-    db.execute("INSERT INTO accounts (name, role, password_hash, token_hash, token_created_at, disabled,"
-               " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
-               [name, role, password_hash, token_hash(token), now, now, now])
+    # ON CONFLICT: two simultaneous adds of one name both pass the check above on PostgreSQL
+    added = db.execute("INSERT INTO accounts (name, role, password_hash, token_hash, token_created_at, disabled,"
+                       " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT (name) DO NOTHING",
+                       [name, role, password_hash, token_hash(token), now, now, now]).rowcount
+    if added != 1:
+        raise AccountError(f"user {name!r} already exists", 409)
     if role == "admin":
         retire_bootstrap(db)
     return token
