@@ -112,3 +112,23 @@ def test_min_agents_tops_up_with_the_lowest_buckets_and_carries_them_on():
     # a later stage keeps the topped-up agents even if its percent would not pick them
     later, members2 = stage_cohort("m", KNOWN, PLAN, 2, cohort.agents)
     assert extra <= set(members2) and extra <= set(later.agents)
+
+
+def test_a_stage_cannot_ask_for_more_agents_than_a_manifest_cohort_holds():
+    from trainer.publish.stages import MAX_COHORT_AGENTS, validate_stages
+
+    assert MAX_COHORT_AGENTS == 10000
+    RolloutStage(name="big", min_agents=MAX_COHORT_AGENTS)
+    with pytest.raises(ValidationError):
+        RolloutStage(name="huge", min_agents=MAX_COHORT_AGENTS + 1)
+    half = tuple(f"cam-{i}" for i in range(6000))
+    other = tuple(f"dock-{i}" for i in range(6000))
+    with pytest.raises(ValueError, match="10000"):
+        validate_stages((RolloutStage(name="a", agents=half), RolloutStage(name="b", agents=other),
+                         RolloutStage(name="all", everyone=True)))
+    # agents carried from earlier top-ups (some now offline) never push a cohort past the limit
+    known = {f"new-{i}": () for i in range(9000)}
+    carried = tuple(f"gone-{i}" for i in range(5000))
+    cohort, _ = stage_cohort("m", known, (RolloutStage(name="s", min_agents=9000),
+                                          RolloutStage(name="all", everyone=True)), 0, carried)
+    assert len(cohort.agents) <= MAX_COHORT_AGENTS

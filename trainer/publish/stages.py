@@ -20,6 +20,7 @@ from protocol.manifest import Cohort, bucket
 from protocol.topics import ID_RE
 
 MAX_STAGES = 20
+MAX_COHORT_AGENTS = 10000  # protocol.manifest accepts at most this many named agents in a cohort
 
 
 class StageChecks(BaseModel):
@@ -42,10 +43,10 @@ class RolloutStage(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
     percent: int = Field(0, ge=0, le=100)  # a stable share of the fleet; 100 = everyone
-    agents: tuple[str, ...] = ()
-    groups: tuple[str, ...] = ()
+    agents: tuple[str, ...] = Field((), max_length=MAX_COHORT_AGENTS)
+    groups: tuple[str, ...] = Field((), max_length=256)
     everyone: bool = False  # announce to the whole fleet (Cohort stage "fleet")
-    min_agents: int = Field(0, ge=0, le=100000)  # the cumulative cohort is topped up to this many known agents
+    min_agents: int = Field(0, ge=0, le=MAX_COHORT_AGENTS)  # the cumulative cohort is topped up to this many known agents
     hold_s: float = Field(60.0, ge=0.0, le=7 * 86400)  # healthy this long before the next stage
     checks: StageChecks = StageChecks()
 
@@ -81,6 +82,9 @@ def validate_stages(stages: tuple[RolloutStage, ...]) -> tuple[RolloutStage, ...
                              f" {stages[i - 2].percent}; stages only widen")
         if not s.reaches_everyone and not (s.percent or s.agents or s.groups or s.min_agents):
             raise ValueError(f"{where} adds nobody: give percent, agents, groups or min_agents")
+    named = set().union(*(s.agents for s in stages))
+    if len(named) > MAX_COHORT_AGENTS:
+        raise ValueError(f"the rollout stages name {len(named)} agents; a cohort holds at most {MAX_COHORT_AGENTS}")
     if not stages[-1].reaches_everyone:
         raise ValueError(f"the last rollout stage ({stages[-1].name!r}) must reach everyone:"
                          " set everyone = true or percent = 100")
@@ -106,7 +110,8 @@ def stage_cohort(model_name: str, known: dict[str, tuple[str, ...]], stages: tup
     minimum = max(s.min_agents for s in upto)
     if len(chosen) < minimum:
         rest = sorted((a for a in known if a not in chosen), key=lambda a: (bucket(model_name, a), a))
-        extra = rest[:minimum - len(chosen)]
+        # never past what a manifest's cohort holds (agents carried from earlier stages count too)
+        extra = rest[:max(0, min(minimum - len(chosen), MAX_COHORT_AGENTS - len(named)))]
         named |= set(extra)
         chosen |= set(extra)
     cohort = Cohort(stage="canary", percent=stage.percent, agents=tuple(sorted(named)), groups=tuple(groups))
