@@ -103,3 +103,32 @@ def test_an_odd_embedding_does_not_break_the_queue(tmp_path, bad):
     with store:
         store.write(lambda db: db.execute("UPDATE examples SET embedding = ? WHERE id = 1", [bad or None]))
         assert len(store.queue(QueueFilter(), 15, 0, now=NOW)[0]) == 15
+
+
+def test_items_that_disappear_between_the_reads_of_a_page_are_skipped(tmp_path):
+    """Retention may delete an example between the ranking, the facts and the item reads: no KeyError."""
+    from trainer.store import review
+
+    store, _ = _store(tmp_path, _confusions(per=2), with_embeddings=True)
+    try:
+        db = store.db.read()
+        ranked = review._ranked(db, " WHERE e.status = ?", ["pending_review"], NOW)
+        ids = [i for i, _ in ranked]
+        phantom = max(ids) + 1000  # ranked, then deleted before its facts were read
+        page = review._diverse_page(db, [(phantom, 99.0), *ranked], 10, 0)
+        assert phantom not in [it.id for it in page] and len(page) == 10
+
+        gone = ids[0]  # its facts were read, then it was deleted before the item rows
+
+        class DeletedBetween:
+            dialect = db.dialect
+
+            def execute(self, sql, args=()):
+                if "e.embedding" in sql:
+                    return db.execute(sql, args)
+                rows = [r for r in db.execute(sql, args).fetchall() if r[0] != gone]
+                return type("Cur", (), {"fetchall": lambda self: rows})()
+        page = review._diverse_page(DeletedBetween(), ranked, 10, 0)
+        assert gone not in [it.id for it in page] and len(page) == 9
+    finally:
+        store.close()

@@ -106,12 +106,13 @@ def _diverse_page(db: Conn, ranked: list[tuple[int, float]], limit: int, offset:
     facts = {r[0]: r[1:] for r in _select_in(
         db, "SELECT e.id, e.embedding, s.model_name, s.model_version, s.uncertainty, s.strategy FROM examples e"
         " LEFT JOIN samples s ON s.example_id = e.id WHERE e.id IN ({marks})", [i for i, _ in window])}
+    # An id missing from facts or by_id was deleted between the reads (retention): skipped, not a KeyError.
     cands = [ranking.Candidate(i, v, _bytes(facts[i][0]), (facts[i][1], facts[i][2]), facts[i][3], facts[i][4])
-             for i, v in window]
+             for i, v in window if i in facts]
     order = ranking.diverse_order(cands)[offset:offset + limit]
     by_id = {it.id: it for it in _items(db, _rows_by_id(db, [i for i, _ in order]))}
     page = [replace(by_id[i], reason=f"queue: {why}" + (f" · agent: {by_id[i].reason}" if by_id[i].reason else ""))
-            for i, why in order]
+            for i, why in order if i in by_id]
     if len(page) < limit and len(window) == ranking.WINDOW:
         rest = ranked[ranking.WINDOW:ranking.WINDOW + limit - len(page)]
         page += _items(db, _rows_by_id(db, [i for i, _ in rest]))
