@@ -52,8 +52,10 @@ def test_form_login_never_redirects_off_site(client: TestClient) -> None:
 
 def test_login_page_puts_only_local_paths_in_the_form(client: TestClient) -> None:
     # The raw query of the report: %09 (tab), %0A, %0D, backslashes, two slashes, schemes.
-    for raw in ("/%09/other-host/x", "/%0A/other-host/x", "/%0D/other-host/x", "/%5Cother-host", "//other-host",
-                "/%5C/other-host", "https:other-host", "%20/review"):
+    for raw in ("/%09/other-host/x", "/%0A/other-host/x", "/%0D/other-host/x"):
+        r = client.get(f"/login?next={raw}")  # control characters in a query are refused (guards.py)
+        assert r.status_code == 422 and "other-host" not in r.text, raw
+    for raw in ("/%5Cother-host", "//other-host", "/%5C/other-host", "https:other-host", "%20/review"):
         page = client.get(f"/login?next={raw}").text
         assert 'name="next" value="/review"' in page, raw
         assert "other-host" not in page, raw

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import api, api_assist, api_data
 from .auth import Auth, require_user
 from .config import ServerConfig, resolve_token
-from .guards import SecurityHeaders, StrictJson, swagger_page, validation_error_handler
+from .guards import SecurityHeaders, StrictJson, data_error_handler, swagger_page, validation_error_handler
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,12 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _document_rate_limit(app)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    try:  # the PostgreSQL driver is optional (SQLite-only installs)
+        from psycopg import DataError
+    except ImportError:
+        pass
+    else:
+        app.add_exception_handler(DataError, data_error_handler)
     from .access import AuditLog
 
     app.add_middleware(AuditLog)  # one audit row per write (roles.py names the action), after StrictJson

@@ -4,9 +4,13 @@
 the size) and refuses, with the same 422 shape FastAPI uses for a JSON decode error, what Python's
 ``json`` module would accept but JSON does not allow or a response cannot carry: ``NaN``,
 ``Infinity``, numbers that overflow to infinity (``1e999``), lone UTF-16 surrogates (``"\\ud800"``),
-invalid UTF-8 and nesting deep enough to exhaust the recursion limit. Routes therefore never see
-such values, whichever router they come from. It runs on the event loop and waits only on the
-request body.
+invalid UTF-8 and nesting deep enough to exhaust the recursion limit. Every request, whatever its
+method, also has its path (so its path parameters) and its query string's names and values checked:
+a control character there (``%00``, ``%0a``, ``%7f``...) is a 422 (``loc`` ``["path"]`` or
+``["query", name]``), as PostgreSQL refuses a NUL in text and no id, name or filter needs one.
+Routes therefore never see such values, whichever router they come from. It runs on the event loop
+and waits only on the request body. ``data_error_handler`` is the backstop: a database's refusal of a
+value (psycopg's ``DataError``) is a 422, not a 500.
 
 ``validation_error_handler`` renders pydantic's errors without echoing the input: an input that
 is large, binary or unencodable must not turn a 422 into a 500.
@@ -24,6 +28,7 @@ import json
 import math
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -75,13 +80,30 @@ def _error(msg: str) -> dict:
     return {"detail": [{"type": "json_invalid", "loc": ["body"], "msg": msg}]}
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def url_problem(scope: Scope) -> tuple[list, str] | None:
+    """(loc, why) when the request's path or a query name or value holds a control character."""
+    if _CONTROL.search(scope.get("path", "")):
+        return ["path"], "the path must not contain control characters"
+    query = scope.get("query_string", b"").decode("latin-1")
+    for name, value in parse_qsl(query, keep_blank_values=True, encoding="utf-8", errors="replace"):
+        if _CONTROL.search(name) or _CONTROL.search(value):
+            return ["query", _CONTROL.sub("?", name)[:64]], "query parameters must not contain control characters"
+    return None
+
+
 class StrictJson:
-    """Refuse non-standard JSON bodies (422) before any route parses them."""
+    """Refuse control characters in the path and query (any method) and non-standard JSON bodies (422)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (bad := url_problem(scope)) is not None:
+            error = {"detail": [{"type": "value_error", "loc": bad[0], "msg": bad[1]}]}
+            return await JSONResponse(error, 422)(scope, receive, send)
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS or not _is_json(scope):
             return await self.app(scope, receive, send)
         chunks, more = [], True
@@ -126,6 +148,12 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
             out["ctx"] = {str(k): _plain(v) for k, v in e["ctx"].items()}
         errors.append(out)
     return JSONResponse({"detail": errors}, 422)
+
+
+async def data_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The database refused a value (psycopg ``DataError``: a NUL, an out-of-range number): a 422."""
+    return JSONResponse({"detail": [{"type": "value_error", "loc": [],
+                                     "msg": "the database refused a value of this request"}]}, 422)
 
 
 DEFAULT_CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"

@@ -4,13 +4,16 @@ One row per state-changing request (and per login, and per ``edgeloop users``
 change): the actor's name, how they authenticated (``session``, ``token``,
 ``bootstrap``, ``cli``), the client address, an action name from
 trainer/server/roles.py, the target (the route's path), the HTTP status, and
-a small JSON detail (the request's scalar fields, secrets left out). Rows are
-only ever appended. Plain portable SQL; reads page by id, newest first.
+a small JSON detail (the request's scalar fields, secrets left out). Control
+characters in any text (actor, client, target, detail's keys and values) are
+written escaped (``\\x00``): PostgreSQL refuses a NUL, and a row that cannot
+be written is a request with no record. Rows are only ever appended. Plain portable SQL; reads page by id, newest first.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 
@@ -30,10 +33,31 @@ class AuditQuery:
     limit: int = 50
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape(text) -> str:
+    """``text`` with control characters as ``\\xNN`` (and lone surrogates replaced): storable on both backends."""
+    text = text if isinstance(text, str) else str(text)
+    text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _escaped(value):
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, dict):
+        return {escape(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escaped(v) for v in value]
+    return value
+
+
 def record(db, actor: str, via: str, client: str, action: str, target: str = "", status: int = 200,
            detail: dict | None = None, at: float | None = None) -> None:
-    """Append one row (inside ``store.write``)."""
-    text = json.dumps(detail or {}, default=str, ensure_ascii=False)
+    """Append one row (inside ``store.write``); control characters escaped (see the module docstring)."""
+    actor, via, client, action, target = (escape(v) for v in (actor, via, client, action, target))
+    text = json.dumps(_escaped(detail or {}), default=str, ensure_ascii=False)
     if len(text) > MAX_DETAIL:
         text = json.dumps({"truncated": text[:MAX_DETAIL - 100]})
     db.execute("INSERT INTO audit_log (at, actor, via, client, action, target, status, detail)"
