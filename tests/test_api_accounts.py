@@ -136,8 +136,8 @@ def test_audit_log_records_who_what_when_where(client: TestClient) -> None:
     assert rows[:5] == [("ann", "start_round", 403), ("root", "user_disable", 409), ("ann", "label", 200),
                         ("root", "user_add", 200), ("bootstrap", "user_add", 200)]
     label = log["entries"][2]
-    assert label["client"] == "10.1.2.3" and label["via"] == "token" and label["detail"]["action"] == "reject"
-    assert label["target"] == f"/api/items/{item['id']}/label" and label["detail"]["item_id"] == str(item["id"])
+    assert label["client"] == "10.1.2.3" and label["via"] == "token" and label["detail"]["body"]["action"] == "reject"
+    assert label["target"] == f"/api/items/{item['id']}/label" and label["detail"]["path"]["item_id"] == str(item["id"])
     assert "password" not in str(log)
     only = client.get("/api/audit", headers=bearer(root), params={"actor": "ann", "failed": "false"}).json()
     assert [e["action"] for e in only["entries"]] == ["label"] and only["total"] == 1
@@ -262,5 +262,43 @@ def test_two_simultaneous_adds_of_one_name_make_one_account_and_one_409(tmp_path
             [t.start() for t in threads]
             [t.join() for t in threads]
             assert sorted(outcomes) == [201, 409]
+    finally:
+        store.close()
+
+
+def test_the_audit_detail_keeps_path_and_body_apart_and_refusals_stay_small(client: TestClient) -> None:
+    root = _add(client, BOOT, "root", "admin")
+    ann = _add(client, bearer(root), "ann", "reviewer")
+    viewer = _add(client, bearer(root), "vic", "viewer")
+    item = client.get("/api/queue", headers=bearer(ann)).json()["items"][0]
+    r = client.post(f"/api/items/{item['id']}/label", headers=bearer(ann), json={"action": "reject", "item_id": 424242})
+    assert r.status_code in (200, 422)
+    label = client.get("/api/audit", headers=bearer(root), params={"action": "label"}).json()["entries"][0]
+    assert label["detail"]["path"] == {"item_id": str(item["id"])}  # the body cannot rename the target
+    assert label["detail"]["body"]["item_id"] == 424242
+    for _ in range(5):  # a refused caller hammering a route: one row per minute, values not kept
+        assert client.post("/api/models/rounds", headers=bearer(viewer), json={"note": "x" * 5000}).status_code == 403
+    refused = client.get("/api/audit", headers=bearer(root), params={"actor": "vic"}).json()
+    assert refused["total"] == 1
+    detail = refused["entries"][0]["detail"]
+    assert detail["repeated"] == 5 and "x" * 10 not in str(detail)
+
+
+def test_audit_rows_older_than_audit_days_are_pruned(tmp_path: Path) -> None:
+    import time
+
+    from trainer.store import audit
+    from trainer.store.retention import RetentionConfig, RetentionPass
+
+    store = Store(tmp_path / "data")
+    try:
+        now = time.time()
+        for age_days in (40, 31, 1, 0):
+            store.write(lambda db, a=age_days: audit.record(db, "ann", "token", "10.0.0.1", "label", at=now - a * 86400))
+        RetentionPass(store, RetentionConfig(), clock=lambda: now).run_once()
+        assert audit.query(store.db.read(), audit.AuditQuery())[1] == 4  # off unless configured
+        RetentionPass(store, RetentionConfig(audit_days=30), clock=lambda: now).run_once()
+        rows, total = audit.query(store.db.read(), audit.AuditQuery())
+        assert total == 2 and min(r["at"] for r in rows) > now - 30 * 86400
     finally:
         store.close()

@@ -180,26 +180,43 @@ def client_address(request: Request) -> str:
 
 # -- the audit log --------------------------------------------------------------------------------
 
-def _detail(body: bytes, path_params: dict) -> dict:
-    """The request's path parameters and top-level scalar JSON fields, secrets left out."""
-    out: dict = {k: v for k, v in path_params.items()}
+MAX_BODY_FIELDS = 16
+
+
+def _detail(body: bytes, path_params: dict, refused: bool) -> dict:
+    """``{"path": the path parameters, "body": its top-level scalar JSON fields}``, secrets left out.
+
+    Under separate keys, so a body field cannot pose as the path's target. Bounded: 16 fields, text
+    cut to 200 characters. A refused request (401/403) keeps only the names of its body's fields.
+    """
+    out: dict = {"path": {str(k)[:64]: str(v)[:200] for k, v in list(path_params.items())[:8]}}
     try:
         data = json.loads(body) if body else {}
     except ValueError:
         data = {}
-    if isinstance(data, dict):
-        for k, v in list(data.items())[:32]:
-            if k in SECRET_KEYS:
-                continue
-            if isinstance(v, (str, int, float, bool)) or v is None:
-                out[k] = v[:200] if isinstance(v, str) else v
-            elif isinstance(v, (list, dict)):
-                out[k] = f"<{type(v).__name__} of {len(v)}>"
+    if not isinstance(data, dict):
+        return out
+    keys = [k for k in list(data)[:MAX_BODY_FIELDS] if k not in SECRET_KEYS]
+    if refused:
+        out["body_fields"] = [k[:64] for k in keys]
+        return out
+    fields: dict = {}
+    for k in keys:
+        v = data[k]
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            fields[k[:64]] = v[:200] if isinstance(v, str) else v
+        elif isinstance(v, (list, dict)):
+            fields[k[:64]] = f"<{type(v).__name__} of {len(v)}>"
+    out["body"] = fields
     return out
 
 
 def write_audit(store, principal_name: str, via: str, client: str, action: str, target: str, status: int,
                 detail: dict) -> None:
+    if status in (401, 403):  # one row per caller, action and minute, however often it is retried
+        store.db.write(lambda db: audit.record_refusal(db, principal_name, via, client, action, target, status,
+                                                       detail))
+        return
     store.db.write(lambda db: audit.record(db, principal_name, via, client, action, target, status, detail))
 
 
@@ -244,7 +261,7 @@ class AuditLog:
         app = scope.get("app")
         store = app.state.service.store
         client = scope["client"][0] if scope.get("client") else "unknown"
-        detail = _detail(body, scope.get("path_params") or {})
+        detail = _detail(body, scope.get("path_params") or {}, status in (401, 403))
         try:
             await anyio.to_thread.run_sync(write_audit, store, principal.name, principal.via, client, action,
                                            scope["path"], status, detail)

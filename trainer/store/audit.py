@@ -7,7 +7,11 @@ trainer/server/roles.py, the target (the route's path), the HTTP status, and
 a small JSON detail (the request's scalar fields, secrets left out). Control
 characters in any text (actor, client, target, detail's keys and values) are
 written escaped (``\\x00``): PostgreSQL refuses a NUL, and a row that cannot
-be written is a request with no record. Rows are only ever appended. Plain portable SQL; reads page by id, newest first.
+be written is a request with no record. Rows are appended; a refused request
+(401/403) is merged into its caller's row for the same action of the last
+minute (``repeated``), so hammering a route cannot flood the table; rows older
+than ``[retention] audit_days`` are pruned by the retention pass (kept forever
+unless set). Plain portable SQL; reads page by id, newest first.
 """
 
 from __future__ import annotations
@@ -64,6 +68,29 @@ def record(db, actor: str, via: str, client: str, action: str, target: str = "",
                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                [time.time() if at is None else at, actor[:MAX_TEXT], via[:32], client[:MAX_TEXT], action[:64],
                 target[:MAX_TEXT], int(status), text])
+
+
+def record_refusal(db, actor: str, via: str, client: str, action: str, target: str, status: int,
+                   detail: dict, window_s: float = 60.0, at: float | None = None) -> None:
+    """A refused request: merged into the caller's row for the same action and status of the last
+    ``window_s`` (its ``repeated`` count and ``last_at`` go up), else appended (inside ``store.write``)."""
+    at = time.time() if at is None else at
+    row = db.execute("SELECT id, detail FROM audit_log WHERE actor = ? AND action = ? AND status = ? AND at >= ?"
+                     " ORDER BY id DESC LIMIT 1" + db.dialect.for_update(),
+                     [escape(actor), escape(action), int(status), at - window_s]).fetchone()
+    if row is None:
+        record(db, actor, via, client, action, target, status, {**detail, "repeated": 1}, at)
+        return
+    merged = json.loads(row[1])
+    merged["repeated"] = int(merged.get("repeated", 1)) + 1
+    merged["last_at"] = at
+    db.execute("UPDATE audit_log SET detail = ? WHERE id = ?", [json.dumps(merged, ensure_ascii=False), row[0]])
+
+
+def prune(db, before: float, limit: int) -> int:
+    """Delete up to ``limit`` of the oldest rows recorded before ``before``; how many went."""
+    return db.execute("DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at < ? ORDER BY id LIMIT ?)",
+                      [before, limit]).rowcount
 
 
 def query(db, q: AuditQuery) -> tuple[list[dict], int]:

@@ -9,6 +9,7 @@ Policies (``RetentionConfig``, the server's ``[retention]`` table):
   what the reviewers would see last is what is forgotten;
 - **rejected and skipped** items: pruned ``rejected_days`` / ``skipped_days``
   after the decision;
+- **audit rows**: pruned ``audit_days`` after they were recorded;
 - **never**: labelled examples and any example in the test split (frozen:
   the gate compares models on it). Every delete re-checks both inside its
   transaction, so an item labelled while a pass ran is kept.
@@ -58,6 +59,7 @@ class RetentionConfig(BaseModel):
     per_camera_max_bytes: int | None = Field(None, ge=0)
     rejected_days: float | None = Field(None, gt=0, le=36_500)
     skipped_days: float | None = Field(None, gt=0, le=36_500)
+    audit_days: float | None = Field(None, gt=0, le=36_500)  # audit rows older than this are pruned
     # Image bytes in the store above which new samples are refused (dead letter ``store_full``).
     hard_limit_bytes: int | None = Field(None, ge=1)
     interval_s: float = Field(60.0, ge=0.05, le=86_400)
@@ -78,6 +80,7 @@ class Usage:
 class PassResult:
     deleted: dict[str, int] = field(default_factory=dict)  # reason -> examples deleted
     freed_bytes: int = 0
+    audit_rows: int = 0  # audit_log rows pruned (audit_days)
 
     @property
     def total(self) -> int:
@@ -244,6 +247,11 @@ class RetentionPass:
             if n:
                 result.deleted[reason] = result.deleted.get(reason, 0) + n
                 result.freed_bytes += freed
+        if self.config.audit_days is not None:
+            from . import audit
+
+            before = self.clock() - self.config.audit_days * 86400
+            result.audit_rows = self.store.write(lambda db: audit.prune(db, before, self.config.max_deletes_per_pass))
         if result.total:
             log.info("retention pass deleted %d example(s) (%s), freed %d bytes", result.total,
                      ", ".join(f"{k}: {v}" for k, v in sorted(result.deleted.items())), result.freed_bytes)

@@ -7,8 +7,11 @@
   const $ = (id) => document.getElementById(id);
   let next = null;
 
-  function detail(d) {
-    return Object.entries(d || {}).map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
+  // {path: {...}, body: {...}} shown flat as path.item_id=3 body.action=reject
+  function detail(d, prefix = "") {
+    return Object.entries(d || {}).map(([k, v]) => (v && typeof v === "object" && !Array.isArray(v))
+      ? detail(v, `${prefix}${k}.`)
+      : `${prefix}${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
   }
 
   function row(e) {
