@@ -136,3 +136,47 @@ def test_every_users_command_and_option_is_documented() -> None:
     missing += [o for p in sub.choices.values() for a in p._actions for o in a.option_strings
                 if o.startswith("--") and o != "--help" and o not in readme]
     assert missing == []
+
+
+# An independent statement of the policy, written from the product's rules and not from roles.py,
+# so a wrong entry in roles.py (say publish lowered to viewer) fails here even though the table test
+# above, which reads roles.py, would accept it.
+NOT_WRITES = {("POST", "/api/login"), ("POST", "/api/logout")}
+CHANGES_WHAT_AGENTS_RUN = re.compile(r"/(publish|rollback|rollout/[a-z]+|commands|bundles(/rollback)?)$")
+ADMIN_ONLY = re.compile(r"^/(api/)?(users|audit)(/|$)")
+
+
+def _policy_floor(method: str, path: str) -> Role:
+    """The least role the product's policy allows for a route, whatever roles.py says."""
+    floor = Role.VIEWER
+    if method not in ("GET", "HEAD") and (method, path) not in NOT_WRITES:
+        floor = Role.REVIEWER
+        if CHANGES_WHAT_AGENTS_RUN.search(path):
+            floor = Role.PUBLISHER
+    if ADMIN_ONLY.match(path):
+        floor = Role.ADMIN
+    return floor
+
+
+def test_the_policy_holds_independently_of_the_role_table(world) -> None:
+    client, tokens = world
+    floors = {(m, p): _policy_floor(m, p) for m, p in _operations(client) if (m, p) not in PUBLIC}
+    assert sum(f == Role.PUBLISHER for f in floors.values()) >= 10  # the pattern does find the agent-changing routes
+    assert sum(f == Role.ADMIN for f in floors.values()) >= 8
+    too_open = []
+    for (method, path), floor in floors.items():
+        for role, headers in tokens.items():
+            if Role.parse(role) < floor:
+                r = client.request(method, _concrete(path), headers=headers, json={})
+                if r.status_code != 403:
+                    too_open.append((method, path, role, r.status_code))
+    for role in tokens:  # pages, in a signed-in browser
+        client.cookies.clear()
+        assert client.post("/api/login", json={"user": f"{role}-1", "password": PASSWORD}).status_code == 200
+        for page in PAGES:
+            if Role.parse(role) < _policy_floor("GET", page):
+                r = client.get(page, follow_redirects=False)
+                if r.status_code != 403:
+                    too_open.append(("GET", page, role, r.status_code))
+    client.cookies.clear()
+    assert too_open == [], "routes a lower role than the policy allows could use"
