@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -36,7 +38,9 @@ class MqttConfig(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
-    client_id: str = Field("edgeloop-collector", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # None: edgeloop-<host name>-<suffix kept in the data dir> (resolve_client_id), so two servers on one broker
+    # never share a persistent session and a restart resumes its own. Set it to choose the id yourself.
+    client_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
     # MQTT 5 shared subscription group: several collectors with the same group
     # split the sample load. None = a plain subscription.
@@ -187,3 +191,34 @@ def resolve_token(config: ServerConfig, env: dict[str, str] | None = None) -> tu
         raise ConfigError(f"http.token (or ${TOKEN_ENV}) is a placeholder or shorter than {MIN_TOKEN_LEN} "
                           "characters; set a real secret")
     return token, False
+
+
+CLIENT_ID_FILE = "mqtt_client_id"  # in store.data_dir: this server's client id suffix
+
+
+def resolve_client_id(config: "ServerConfig") -> "ServerConfig":
+    """``config`` with ``[mqtt] client_id`` filled in when it was left out.
+
+    The default is ``edgeloop-<host name>-<suffix>``; the suffix is random, made once and kept in
+    ``store.data_dir/mqtt_client_id``, so the id is stable across restarts of this server (the broker
+    resumes its persistent session and hands over what it queued) and different for another server
+    (another data dir) on the same broker. Processes sharing one data dir on one host (several
+    collectors) must be given their own ids (``--client-id``). An explicit ``client_id`` always wins.
+    """
+    if config.mqtt.client_id is not None:
+        return config
+    data_dir = Path(config.store.data_dir)
+    path = data_dir / CLIENT_ID_FILE
+    try:
+        suffix = path.read_text().strip()
+    except FileNotFoundError:
+        suffix = ""
+    if not re.fullmatch(r"[a-f0-9]{8}", suffix):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        suffix = secrets.token_hex(4)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(suffix + "\n")
+        os.replace(tmp, path)
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:32] or "host"
+    mqtt = config.mqtt.model_copy(update={"client_id": f"edgeloop-{host}-{suffix}"})
+    return config.model_copy(update={"mqtt": mqtt})

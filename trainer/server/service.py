@@ -7,7 +7,7 @@ import threading
 
 from trainer.store import Store
 
-from .config import ServerConfig
+from .config import ServerConfig, resolve_client_id
 from .ingest import Collector
 from .metrics import Metrics
 
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 class Service:
     def __init__(self, config: ServerConfig) -> None:
-        self.config = config
+        self.config = resolve_client_id(config)  # the default MQTT client id: host name + data dir's suffix
         self.metrics = Metrics()
         self.store: Store | None = None
         self.collector: Collector | None = None
