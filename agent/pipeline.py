@@ -330,6 +330,11 @@ class Agent:
             provider=runner.provider if runner else "")
 
     def handle_command(self, cmd: Command) -> None:
+        if cmd.expired(time.time()):  # delivered late (a queue after a reconnect): the server gave up on it
+            log.warning("command %s (%s) expired at %.0f: refused", cmd.command_id, cmd.action, cmd.expires_at)
+            self.counters.add("commands_expired")
+            self.holder.report(self.holder.model_state, f"command {cmd.command_id} ({cmd.action}) refused: expired")
+            return
         log.info("command %s: %s %s", cmd.command_id, cmd.action, cmd.args or "")
         if cmd.action == "rollback":
             if self.cfg.updates.enabled:

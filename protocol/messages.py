@@ -280,12 +280,21 @@ class Command:
     action: str
     issued_at: float
     args: dict = field(default_factory=dict)
+    # Since minor 3: after this time (seconds since the epoch) the agent refuses the command, so one
+    # that a broker or a client queue delivers late (after a reconnect) never runs. 0: no expiry.
+    expires_at: float = 0.0
 
     ACTIONS: ClassVar[tuple[str, ...]] = ("rollback", "reload_config", "ping", "resend_outbox")
 
     def header(self) -> dict:
-        return {"command_id": self.command_id, "action": self.action, "issued_at": self.issued_at,
-                "args": dict(self.args)}
+        h = {"command_id": self.command_id, "action": self.action, "issued_at": self.issued_at,
+             "args": dict(self.args)}
+        if self.expires_at:
+            h["expires_at"] = self.expires_at
+        return h
+
+    def expired(self, now: float) -> bool:
+        return bool(self.expires_at) and now > self.expires_at
 
     @classmethod
     def from_header(cls, f: Fields, body: bytes) -> "Command":
@@ -296,7 +305,8 @@ class Command:
                     (isinstance(value, str) and len(value) <= 1024)):
                 raise ProtocolError("bad_field", "command.args must map short names to scalars")
         return cls(command_id=f.text("command_id", pattern=ID_RE), action=f.text("action", choices=cls.ACTIONS),
-                   issued_at=f.number("issued_at", 0.0, EPOCH_MAX), args=args)
+                   issued_at=f.number("issued_at", 0.0, EPOCH_MAX), args=args,
+                   expires_at=f.number("expires_at", 0.0, EPOCH_MAX, 0.0))
 
 
 @dataclass(frozen=True)

@@ -179,3 +179,19 @@ def test_rollback_is_answered_once_the_updater_has_done_it(tmp_path, broker):
             ping = http.post("/api/agents/agent-4/commands", json={"action": "ping"}).json()
             assert ping["state"] == "answered" and ping["id"] in ping["answer"]["answered"]
             assert cmd["id"] not in ping["answer"]["answered"]  # each answer is given once
+
+
+def test_an_agent_refuses_a_command_delivered_after_its_expiry(rig, broker):
+    from mqtt_util import publish
+    from protocol import Command, encode
+    from protocol.topics import command_topic
+
+    import time
+
+    srv, http, agent1, _ = rig
+    now = time.time()
+    late = Command("c-late", "resend_outbox", now - 900, expires_at=now - 300)  # a queue delivered it late
+    publish(broker.host, broker.port, command_topic("agent-1"), encode(late))
+    assert wait_until(lambda: agent1.counters.get("commands_expired") == 1, timeout=20)
+    r = http.post("/api/agents/agent-1/commands", json={"action": "ping"})  # the server's own carry an expiry
+    assert r.status_code == 200 and r.json()["state"] == "answered"

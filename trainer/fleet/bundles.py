@@ -5,8 +5,13 @@
 before anything is signed or stored), signs the bundle with the model-signing
 key (``[publish] signing_key``), stores it unpublished, publishes it retained
 on ``edgeloop/v1/groups/{group}/config`` and waits for the broker's PUBACK;
-only then is it marked published. If the broker does not take it the row is
-deleted, so the version list never shows a bundle agents never saw.
+only then is it marked published. When the server is not connected nothing
+is sent and the row is deleted (the version is free: no agent can have it).
+When the publish was sent but not acknowledged in time, the broker may still
+deliver it (after a reconnect, say), so the row is kept unpublished (state
+unknown: not listed, not a rollback target) and its version is never used
+again: the next push is a higher version, which every agent accepts whether
+or not the lost one reached it.
 
 ``rollback`` re-publishes an earlier version's settings as a NEW, higher
 version (note "rollback to vN"), as model rollbacks do: agents refuse any
@@ -27,6 +32,7 @@ from agent.bundles import BundleInvalid, check_settings
 from protocol import ConfigBundle, ProtocolError, encode
 from protocol.bundle import Bundle, sign_bundle
 from protocol.topics import config_topic
+from trainer.publish.mqttlink import NotSent
 
 from . import records
 
@@ -73,9 +79,13 @@ class Bundles:
                                                                  user, note[:512], parent_version))
             try:
                 self._publish(config_topic(group), payload)
-            except Exception as e:  # MqttError or no client: undo the row, nothing half-applied
+            except NotSent as e:  # nothing left this server: undo the row, nothing half-applied
                 self.store.db.write(lambda db: records.set_published(db, group, version, None))
                 raise BundleError(503, f"the broker did not take the bundle, nothing changed: {e}") from e
+            except Exception as e:  # perhaps delivered: keep the row (unknown) so v{version} is never reused
+                log.error("configuration bundle %s v%d was not acknowledged; kept as unknown: %s", group, version, e)
+                raise BundleError(503, f"the broker did not acknowledge bundle v{version} in time; agents may still "
+                                       f"receive it, and the next push will be v{version + 1}: {e}") from e
             self.store.db.write(lambda db: records.set_published(db, group, version, self.clock()))
         log.warning("%s published configuration bundle %s v%d%s", user, group, version, f" ({note})" if note else "")
         return self.versions(group, 1)[0]

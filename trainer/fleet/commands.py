@@ -33,6 +33,9 @@ from . import records
 log = logging.getLogger(__name__)
 ACTIONS = Command.ACTIONS
 MAX_TIMEOUT_S = 300.0
+# Agents refuse a command older than this (Command.expires_at): a late delivery after a reconnect
+# never runs. Above MAX_TIMEOUT_S, with room for the agents' clocks to be a few minutes off.
+COMMAND_TTL_S = 600.0
 MAX_GROUP = 1000  # agents one group command may address
 
 
@@ -86,7 +89,8 @@ class Commander:
                  "issued_by": user, "issued_at": now, "deadline": deadline,
                  "batch": batch[0] if batch else None, "group": batch[1] if batch else None} for a in agents]
         try:  # bad args are refused before any row is written
-            messages = [(r, encode(Command(r["id"], action, now, dict(args)))) for r in rows]
+            messages = [(r, encode(Command(r["id"], action, now, dict(args), expires_at=now + COMMAND_TTL_S)))
+                        for r in rows]
         except ProtocolError as e:
             raise CommandError(422, f"bad command: {e.detail}") from e
         events = {r["id"]: threading.Event() for r in rows}

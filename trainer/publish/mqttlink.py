@@ -27,6 +27,14 @@ class MqttError(Exception):
     """The broker did not accept a connection, subscription or publish in time."""
 
 
+class NotSent(MqttError):
+    """Not connected: nothing was handed to the broker (safe to treat as never delivered)."""
+
+
+class Unacknowledged(MqttError):
+    """Sent (or queued) but not acknowledged in time: the broker may have it; treat it as perhaps delivered."""
+
+
 @dataclass(frozen=True)
 class MqttSettings:
     host: str = "127.0.0.1"
@@ -113,14 +121,36 @@ class MqttLink:
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1,
                 timeout: float = 10.0) -> None:
-        """Publish and wait for the broker's acknowledgement (PUBACK for QoS 1)."""
+        """Publish and wait for the broker's acknowledgement (PUBACK for QoS 1).
+
+        Never queued for later: while disconnected it raises ``NotSent`` without handing paho anything
+        (paho would keep a QoS 1 message and send it after reconnecting, long after the caller was told
+        it failed). A publish not acknowledged in time is taken out of paho's queue as far as paho still
+        holds it, and raises ``Unacknowledged``: the broker may have it already, so the caller must treat
+        it as perhaps delivered (a bundle version is never reused; commands carry an expiry).
+        """
+        if not self.client.is_connected():
+            raise NotSent(f"not connected to the MQTT broker: nothing was sent to {topic}")
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:  # the connection dropped between the check and the call
+            self._forget(info.mid)
+            raise NotSent(f"not connected to the MQTT broker: nothing was sent to {topic}")
         try:
             info.wait_for_publish(timeout)
         except (RuntimeError, ValueError) as e:
-            raise MqttError(f"publish to {topic} failed: {e}") from e
+            self._forget(info.mid)
+            raise Unacknowledged(f"publish to {topic} failed: {e}") from e
         if not info.is_published():
-            raise MqttError(f"broker did not acknowledge the publish to {topic} within {timeout:.0f}s")
+            self._forget(info.mid)
+            raise Unacknowledged(f"broker did not acknowledge the publish to {topic} within {timeout:.0f}s")
+
+    def _forget(self, mid: int) -> None:
+        """Drop an unacknowledged message from paho's outgoing queue so no reconnect resends it."""
+        try:  # paho keeps it here (2.x); without that attribute there is nothing more we can do
+            with self.client._out_message_mutex:
+                self.client._out_messages.pop(mid, None)
+        except AttributeError:
+            log.warning("could not drop message %d from paho's queue: it may still be sent after a reconnect", mid)
 
     def stop(self) -> None:
         self.client.disconnect()
