@@ -252,7 +252,8 @@ def _fleet_commands_and_bundles(db: Conn) -> None:
     db.execute("CREATE INDEX fleet_commands_agent ON fleet_commands (agent_id, issued_at)")
     db.execute("CREATE INDEX fleet_commands_batch ON fleet_commands (batch)")
     # Signed configuration bundles per agent group (protocol/bundle.py), every version kept for rollback.
-    # ``published_at`` is NULL while the broker has not taken it; such a row is removed if it never does.
+    # ``published_at`` is NULL while the broker has not taken it; removed when nothing was sent, kept (its
+    # version never reused) when a publish went unacknowledged (trainer/fleet/bundles.py).
     db.execute("""CREATE TABLE config_bundles (
         grp TEXT NOT NULL,
         version INTEGER NOT NULL,
