@@ -198,7 +198,8 @@ class RoundManager:
             spec = RoundSpec(round_id=round_id, examples=examples, config=dict(self.config.train),
                              out_dir=str(out_dir), name=name, version=self.registry.latest_version(name) + 1,
                              parent=current.checkpoint_path if current and current.checkpoint_path else None,
-                             existing_splits={e.id: e.split for e in examples if e.split})
+                             existing_splits={e.id: e.split for e in examples if e.split},
+                             labels=tuple(self.store.project().labels))
             self._examples = {round_id: examples}
             self.worker.start(spec)
         except BaseException as e:
