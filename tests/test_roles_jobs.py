@@ -122,7 +122,7 @@ def test_a_round_ended_by_another_worker_is_not_overwritten_by_a_late_finish(sto
     clock.now += 120  # worker-a's lease passes: worker-b's claim ends the round as cancelled
     assert b.claim() is None
     ended = a.get(rid)
-    assert ended.state == "cancelled" and ended.owner is None
+    assert ended.state == "cancelled" and ended.finished is not None
     assert not a.finish(rid, "done", {"model": "v7"})  # the late finish of the old owner is refused
     after = a.get(rid)
     assert after.state == "cancelled" and "model" not in after.detail

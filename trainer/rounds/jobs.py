@@ -189,8 +189,9 @@ class RoundJobs:
 
 
 def _end(db, round_id: int, state: str, detail: dict, now: float, epochs: list | None = None) -> None:
-    # owner cleared too: an ended round belongs to nobody, so no late finish or heartbeat matches it
-    sets = "finished = ?, state = ?, detail = ?, active = NULL, lease_until = NULL, owner = NULL"
+    # owner is kept (progress reports who ran it); active = NULL is the fence: finish and heartbeat
+    # match only active rounds, so no late finish or heartbeat of any worker touches an ended round
+    sets = "finished = ?, state = ?, detail = ?, active = NULL, lease_until = NULL"
     args: list = [now, state, json.dumps({"state": state, **detail})]
     if epochs is not None:
         sets += ", progress = ?"
