@@ -83,6 +83,7 @@ class Agent:
         self.fps = RateMeter()
         self.camera_fps = {c.id: RateMeter() for c in cfg.cameras}
         self.hist = ConfidenceHistogram()  # of the model version that inferred last: reset on a swap
+        self.camera_hist = {c.id: ConfidenceHistogram() for c in cfg.cameras}  # the same, per camera
         self._hist_version: int | None = None
         self.frames = 0  # inferred since start
         self.sampled = 0  # written to the outbox since start
@@ -202,9 +203,12 @@ class Agent:
         self.camera_fps[frame.camera_id].tick()
         if self._hist_version != runner.version:  # telemetry compares histograms model against model
             self.hist, self._hist_version = ConfidenceHistogram(), runner.version
+            self.camera_hist = {c: ConfidenceHistogram() for c in self.camera_hist}
         top = pred.top()
+        camera_hist = self.camera_hist[frame.camera_id]
         for label, conf in top:
             self.hist.add(label, conf)
+            camera_hist.add(label, conf)
         if self.health is not None:
             self.health.record(runner.version, "ok", max((c for _, c in top), default=None))
         decision = self.sampler.decide(frame.camera_id, pred, frame.image, frame.captured_at)
@@ -327,7 +331,8 @@ class Agent:
             outbox_depth=stats.pending, outbox_bytes=stats.disk_bytes,
             drops={**self.counters.snapshot(), "evicted": stats.evicted},
             conf_hist=self.hist.snapshot(), camera_fps={k: m.rate() for k, m in self.camera_fps.items()},
-            provider=runner.provider if runner else "")
+            provider=runner.provider if runner else "",
+            camera_hist={k: snap for k, h in self.camera_hist.items() if (snap := h.snapshot())})
 
     def handle_command(self, cmd: Command) -> None:
         if cmd.expired(time.time()):  # delivered late (a queue after a reconnect): the server gave up on it

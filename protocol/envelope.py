@@ -26,9 +26,10 @@ from .errors import ProtocolError
 from .topics import PROTOCOL_MAJOR
 
 MAGIC = b"EL"
-MINOR = 3  # 1: optional sample.embedding, status.provider, telemetry.provider
+MINOR = 4  # 1: optional sample.embedding, status.provider, telemetry.provider
 # 2: optional status.tags/answered/config_group/config_version; the config kind on groups/{group}/config
 # 3: optional command.expires_at (agents refuse an expired command)
+# 4: optional telemetry.camera_hist (per-camera confidence histograms, for drift per camera)
 PREFIX = struct.Struct(">2sBBBBI")
 MAX_HEADER = 256 * 1024
 MAX_PAYLOAD = 16 * 1024 * 1024

@@ -27,6 +27,7 @@ EPOCH_MAX = 2.0**33  # seconds since 1970: anything later is a bug, not a date
 HIST_BINS = 10
 MAX_TAGS = 32
 MAX_ANSWERED = 32
+MAX_CAMERAS = 64  # telemetry.camera_hist entries
 MAX_BUNDLE = 64 * 1024
 
 
@@ -208,13 +209,22 @@ def _tags(f: Fields) -> dict[str, str]:
     return out
 
 
-def _histograms(f: Fields) -> dict[str, tuple[int, ...]]:
+def _histograms(f: Fields, name: str = "conf_hist") -> dict[str, tuple[int, ...]]:
     out = {}
-    for label, bins in f.mapping("conf_hist", MAX_LABELS, {}).items():
+    for label, bins in f.mapping(name, MAX_LABELS, {}).items():
         if not isinstance(label, str) or len(label) > 64 or has_control(label) or not isinstance(bins, (list, tuple)) \
                 or len(bins) != HIST_BINS or not all(type(b) is int and 0 <= b < 2**63 for b in bins):
-            raise ProtocolError("bad_field", f"telemetry.conf_hist entries must be label -> {HIST_BINS} counts")
+            raise ProtocolError("bad_field", f"{f.kind}.{name} entries must be label -> {HIST_BINS} counts")
         out[label] = tuple(bins)
+    return out
+
+
+def _camera_histograms(f: Fields) -> dict[str, dict[str, tuple[int, ...]]]:
+    out = {}
+    for camera, hist in f.mapping("camera_hist", MAX_CAMERAS, {}).items():
+        if not isinstance(camera, str) or not ID_RE.match(camera):
+            raise ProtocolError("bad_field", "telemetry.camera_hist keys must be camera ids")
+        out[camera] = _histograms(Fields(f"telemetry.camera_hist.{camera}", {"hist": hist}), "hist")
     return out
 
 
@@ -239,9 +249,11 @@ class Telemetry:
     conf_hist: dict[str, tuple[int, ...]]  # top-1 label -> counts over [0, 0.1, ..., 1]
     camera_fps: dict[str, float] = field(default_factory=dict)
     provider: str = ""  # as Status.provider
+    # Since minor 4: camera id -> that camera's conf_hist (conf_hist pools them), for drift per camera.
+    camera_hist: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
 
     def header(self) -> dict:
-        return {
+        h = {
             "agent_id": self.agent_id, "at": self.at, "period_s": self.period_s,
             "model_version": self.model_version, "fps": self.fps,
             "latency_p50_ms": self.latency_p50_ms, "latency_p99_ms": self.latency_p99_ms,
@@ -250,6 +262,9 @@ class Telemetry:
             "conf_hist": {k: list(v) for k, v in self.conf_hist.items()}, "camera_fps": dict(self.camera_fps),
             "provider": self.provider,
         }
+        if self.camera_hist:
+            h["camera_hist"] = {c: {k: list(v) for k, v in hist.items()} for c, hist in self.camera_hist.items()}
+        return h
 
     @classmethod
     def from_header(cls, f: Fields, body: bytes) -> "Telemetry":
@@ -267,7 +282,7 @@ class Telemetry:
             sampled=f.integer("sampled", 0, big), inference_errors=f.integer("inference_errors", 0, big),
             outbox_depth=f.integer("outbox_depth", 0, big), outbox_bytes=f.integer("outbox_bytes", 0, big),
             drops=f.counters("drops"), conf_hist=_histograms(f), camera_fps=cam,
-            provider=f.text("provider", 64, default=""),
+            provider=f.text("provider", 64, default=""), camera_hist=_camera_histograms(f),
         )
 
 

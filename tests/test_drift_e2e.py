@@ -131,6 +131,10 @@ def test_a_drifting_camera_passes_the_threshold_and_the_alert_fires(rig):
     d = drift_of(http, "drifting")
     assert d["psi"] > 0.25 and d["level"] == "drift" and d["samples"] >= 240 and d["reference_version"] == 1
     assert d["cameras"] == ["drifting-cam"] and d["config_group"] == "dock"
+    # the agent's one camera has its own row (from telemetry.camera_hist); with one camera the pooled track
+    # is that camera, so only the pooled one alerts
+    (cam,) = d["per_camera"]
+    assert (cam["camera"], cam["level"], cam["alerting"]) == ("drifting-cam", "drift", False) and cam["psi"] > 0.25
     detail = http.get("/api/drift/drifting").json()
     history = [p for _, p in detail["history"]]
     assert history[-1] > 0.25 and set(detail["reference"]) <= {"circle", "square", "triangle"}
@@ -145,7 +149,7 @@ def test_a_drifting_camera_passes_the_threshold_and_the_alert_fires(rig):
     event = json.loads(payload)
     assert (topic, retained) == (drift_topic("drifting"), False)
     assert (event["state"], event["agent_id"], event["model_version"]) == ("fired", "drifting", 1)
-    assert event["psi"] > 0.25 and event["cameras"] == ["drifting-cam"]
+    assert event["psi"] > 0.25 and event["cameras"] == ["drifting-cam"] and event["camera"] == ""
     assert wait_until(lambda: rig.hook.bodies, 10) and rig.hook.bodies[0]["agent_id"] == "drifting"
     metrics = http.get("/metrics").text
     assert 'edgeloop_drift_alerts_total{agent="drifting"} 1' in metrics
@@ -176,6 +180,8 @@ def drift_page(rig) -> None:
         page.wait_for_selector("#drift-body tr[data-agent='drifting'][data-alerting='yes']")
         assert page.get_attribute("#drift-body tr[data-agent='drifting']", "data-level") == "drift"
         assert "alerting" in page.inner_text("#drift-body tr[data-agent='drifting']")
+        assert page.get_attribute("#drift-body tr.camera-row[data-of='drifting'][data-camera='drifting-cam']",
+                                  "data-level") == "drift"
         assert page.locator("nav a[href='/drift']").count() == 1
         page.click("#drift-body tr[data-agent='drifting']")
         page.wait_for_selector("#drift-class-table tr[data-label] svg rect", state="attached")

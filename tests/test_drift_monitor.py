@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -196,3 +197,42 @@ def test_bad_drift_config_is_refused():
         DriftConfig(webhook_url="ftp://x")
     with pytest.raises(ValueError):
         DriftConfig(windw_s=5)
+
+
+def test_two_cameras_one_drifting_only_that_camera_alerts(registry, receiver):
+    monitor, clock, sent = make(registry, receiver)
+    steady, drifting = scaled(SAME, 10), LOW  # 400 frames as the reference, 40 frames of unsure cats
+    pooled = add(steady, drifting)
+    monitor.on_telemetry(replace(telemetry("a1", pooled), camera_hist={"gate": steady, "dock": drifting}))
+    row = monitor.agents()[0]
+    cams = {c["camera"]: c for c in row["per_camera"]}
+    assert [c["camera"] for c in row["per_camera"]] == ["dock", "gate"]  # sorted
+    assert cams["gate"]["level"] == "stable" and not cams["gate"]["alerting"] and cams["gate"]["samples"] == 400
+    assert cams["dock"]["level"] == "drift" and cams["dock"]["alerting"] and cams["dock"]["samples"] == 40
+    assert row["samples"] == 440 and row["psi"] < 0.25 and not row["alerting"]  # the pooled figure is kept
+    assert wait_until(lambda: sent, 10)
+    assert [(e["agent_id"], e["camera"], e["state"]) for _, e in sent] == [("a1", "dock", "fired")]
+    assert sent[0][0] == drift_topic("a1")
+    detail = monitor.agent("a1")
+    assert {c["camera"]: c["live"] for c in detail["per_camera"]}["dock"]["cat"] == list(LOW["cat"])
+    text = monitor.prometheus_text()
+    assert 'edgeloop_drift_alerts_total{agent="a1",camera="dock"} 1' in text
+    assert 'edgeloop_drift_psi{agent="a1",camera="gate"} ' in text and 'edgeloop_drift_psi{agent="a1"} ' in text
+    assert 'edgeloop_drift_alerts_total{agent="a1",camera="gate"}' not in text
+    # the drifting camera recovers over a whole window: it clears, once; a model swap restarts the cameras
+    clock.t += 70
+    monitor.on_telemetry(replace(telemetry("a1", add(pooled, steady)),
+                                 camera_hist={"gate": scaled(SAME, 20), "dock": add(drifting, scaled(SAME, 2))}))
+    assert wait_until(lambda: len(sent) == 2, 10) and (sent[1][1]["camera"], sent[1][1]["state"]) == ("dock", "cleared")
+    monitor.on_telemetry(replace(telemetry("a1", SAME, version=2), camera_hist={"gate": SAME}))
+    assert [c["camera"] for c in monitor.agents()[0]["per_camera"]] == ["gate"]
+    monitor.close()
+
+
+def test_a_single_camera_alerts_through_the_pooled_track_only(registry, receiver):
+    monitor, _, sent = make(registry, receiver)
+    monitor.on_telemetry(replace(telemetry("a1", LOW), camera_hist={"gate": LOW}))
+    row = monitor.agents()[0]
+    assert row["alerting"] and row["per_camera"][0]["level"] == "drift" and not row["per_camera"][0]["alerting"]
+    assert wait_until(lambda: sent, 10) and [e["camera"] for _, e in sent] == [""]
+    monitor.close()

@@ -106,9 +106,41 @@ def test_envelope_rejections():
 
 def test_newer_minor_with_unknown_fields_is_accepted():
     msg = fx.status()
-    payload = bytearray(envelope.pack("status", {**msg.header(), "added_in_v1_3": [1, 2]}))
-    payload[3] = 3  # minor 3
+    payload = bytearray(envelope.pack("status", {**msg.header(), "added_in_a_later_minor": [1, 2]}))
+    assert payload[3] == envelope.MINOR == 4
+    payload[3] = envelope.MINOR + 1  # a newer minor than this side speaks
     assert decode(topic_for(msg), bytes(payload)) == msg
+
+
+def test_telemetry_camera_hist_round_trip_and_absent_when_empty():
+    hist = {"gate": {"cat": (1,) * 10, "dog": (0,) * 9 + (7,)}, "dock": {"cat": (2,) * 10}}
+    msg = fx.telemetry(camera_hist=hist)
+    assert decode(topic_for(msg), encode(msg)) == msg
+    assert "camera_hist" not in fx.telemetry().header()  # optional: an older server never sees it
+    old = fx.telemetry()  # a minor-3 agent's telemetry has no camera_hist: it reads as no cameras
+    assert decode(topic_for(old), envelope.pack("telemetry", old.header())).camera_hist == {}
+
+
+@pytest.mark.parametrize("camera_hist", [
+    {f"cam{i}": {"cat": [1] * 10} for i in range(65)},  # more than 64 cameras
+    {"bad/id": {"cat": [1] * 10}},
+    {"gate": {"cat": [1] * 9}},  # not 10 bins
+    {"gate": {"cat": [1] * 9 + [-1]}},
+    {"gate": {"cat": [1] * 9 + [1.5]}},
+    {"gate": [[1] * 10]},
+    {"gate": {"ca\x00t": [1] * 10}},
+    [1, 2],
+])
+def test_telemetry_camera_hist_bounds(camera_hist):
+    msg = fx.telemetry()
+    payload = envelope.pack("telemetry", {**msg.header(), "camera_hist": camera_hist})
+    assert _reason(topic_for(msg), payload) == "bad_field"
+
+
+def test_telemetry_camera_hist_takes_64_cameras():
+    hist = {f"cam{i}": {"cat": (1,) * 10} for i in range(64)}
+    msg = fx.telemetry(camera_hist=hist)
+    assert decode(topic_for(msg), encode(msg)).camera_hist == hist
 
 
 def test_header_must_be_a_map():

@@ -64,11 +64,12 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.di
                                                                                            max_size=5), max_leaves=20)
 
 
+FIELDS = ["agent_id", "frame_id", "scores", "boxes", "width", "labels", "state", "drops", "conf_hist", "camera_hist",
+          "stored", "rejected", "manifest", "signature", "url", "args", "at", "fps", "captured_at"]
+
+
 @settings(max_examples=400, deadline=None)
-@given(i=st.integers(0, len(MESSAGES) - 1), key=st.sampled_from(["agent_id", "frame_id", "scores", "boxes", "width",
-                                                                   "labels", "state", "drops", "conf_hist", "stored",
-                                                                   "rejected", "manifest", "signature", "url",
-                                                                   "args", "at", "fps", "captured_at"]), value=values)
+@given(i=st.integers(0, len(MESSAGES) - 1), key=st.sampled_from(FIELDS), value=values)
 def test_any_field_value_gives_protocol_error_or_valid(i, key, value):
     msg = MESSAGES[i]
     header = {**msg.header(), key: value}

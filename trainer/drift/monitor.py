@@ -13,8 +13,12 @@ raising the sampling budget of the agent's configuration group through the
 server's configuration bundles (``trainer.fleet.bundles.Bundles``, attached
 with ``attach_bundles``; without them the decision is logged and counted).
 
-Histograms are per agent: telemetry pools an agent's cameras, so the Drift
-view lists each agent with its cameras (one camera per agent is exact).
+Each agent has a pooled track (``conf_hist``, all its cameras) and, from
+agents of protocol minor 4 on, one track per camera (``camera_hist``), with
+the same window, levels and hysteresis. A camera track alerts (the event
+names the camera) only when the agent reports two cameras or more: with one,
+the pooled track is that camera and alerts alone. The budget raise stays one
+per configuration group per cooldown, whichever track fired.
 """
 
 from __future__ import annotations
@@ -79,7 +83,10 @@ class DriftConfig(BaseModel):
 
 @dataclass
 class AgentDrift:
+    """One histogram stream: an agent's pooled one (``camera`` empty) or one of its cameras'."""
+
     agent_id: str
+    camera: str = ""
     model_version: int = 0
     snapshots: deque = field(default_factory=lambda: deque(maxlen=MAX_SNAPSHOTS))  # (at, hist)
     live: Hist = field(default_factory=dict)
@@ -92,6 +99,7 @@ class AgentDrift:
     alerts: int = 0
     updated: float = 0.0
     history: deque = field(default_factory=lambda: deque(maxlen=120))  # (at, psi) for the chart
+    cameras: dict[str, "AgentDrift"] = field(default_factory=dict)  # on the pooled track only
 
 
 class DriftMonitor:
@@ -105,7 +113,7 @@ class DriftMonitor:
         self.status_of = status_of
         self.clock = clock
         self.counters: Counter[str] = Counter()
-        self.alert_counts: Counter[str] = Counter()  # agent -> alerts fired
+        self.alert_counts: Counter[tuple[str, str]] = Counter()  # (agent, camera or "") -> alerts fired
         self._agents: dict[str, AgentDrift] = {}
         self._refs: dict[int, tuple[float, dict | None]] = {}  # version -> (looked up at, reference)
         self._budget_at: dict[str, float] = {}  # group -> last raise
@@ -132,28 +140,41 @@ class DriftMonitor:
         with self._lock:
             a = self._agents.setdefault(t.agent_id, AgentDrift(t.agent_id))
             if a.model_version != t.model_version:
-                a.snapshots.clear()
-                a.model_version = t.model_version
-            live = self._window(a, t.conf_hist, now)
-            a.live, a.samples, a.updated = live, sum(sum(v) for v in live.values()), now
-            a.reference_version = ref["version"] if ref else None
-            a.psi = joint_psi(ref["hist"], live, self.config.epsilon) if ref and a.samples else None
-            a.per_class = per_class_psi(ref["hist"], live, self.config.epsilon,
-                                        self.config.min_class_samples) if ref else {}
-            a.level = level(a.psi, a.samples, self.config.min_samples) if ref else "no_reference"
-            if a.psi is not None:
-                a.history.append((now, round(a.psi, 4)))
-            decision = decide_alert(a.alerting, a.psi, a.samples, self.config.thresholds())
-            if decision != "none":
-                a.alerting = decision == "fire"
-                if a.alerting:
-                    a.alerts += 1
-                    self.alert_counts[a.agent_id] += 1
-                event = self._event(a, "fired" if a.alerting else "cleared", now)
-        if decision != "none":
-            log.warning("drift alert %s for %s: PSI %.3f over %d frames (model v%d)", event["state"], t.agent_id,
-                        event["psi"], event["samples"], t.model_version)
-            self._enqueue(event)
+                a.cameras.clear()  # the agent's per-camera histograms restart at a swap too
+            events = [self._update(a, t.model_version, t.conf_hist, ref, now, alerts_on=True)]
+            for camera, hist in t.camera_hist.items():
+                c = a.cameras.setdefault(camera, AgentDrift(t.agent_id, camera))
+                events.append(self._update(c, t.model_version, hist, ref, now, len(t.camera_hist) > 1))
+        for event in events:
+            if event is not None:
+                log.warning("drift alert %s for %s%s: PSI %.3f over %d frames (model v%d)", event["state"],
+                            t.agent_id, f" camera {event['camera']}" if event["camera"] else "", event["psi"],
+                            event["samples"], t.model_version)
+                self._enqueue(event)
+
+    def _update(self, a: AgentDrift, version: int, hist: Hist, ref: dict | None, now: float,
+                alerts_on: bool) -> dict | None:
+        """One track's new window, PSI and level; the alert event when it fires or clears (caller holds the lock)."""
+        if a.model_version != version:
+            a.snapshots.clear()
+            a.model_version = version
+        live = self._window(a, hist, now)
+        a.live, a.samples, a.updated = live, sum(sum(v) for v in live.values()), now
+        a.reference_version = ref["version"] if ref else None
+        a.psi = joint_psi(ref["hist"], live, self.config.epsilon) if ref and a.samples else None
+        a.per_class = per_class_psi(ref["hist"], live, self.config.epsilon,
+                                    self.config.min_class_samples) if ref else {}
+        a.level = level(a.psi, a.samples, self.config.min_samples) if ref else "no_reference"
+        if a.psi is not None:
+            a.history.append((now, round(a.psi, 4)))
+        decision = decide_alert(a.alerting, a.psi, a.samples, self.config.thresholds()) if alerts_on else "none"
+        if decision == "none":
+            return None
+        a.alerting = decision == "fire"
+        if a.alerting:
+            a.alerts += 1
+            self.alert_counts[(a.agent_id, a.camera)] += 1
+        return self._event(a, "fired" if a.alerting else "cleared", now)
 
     def _window(self, a: AgentDrift, hist: Hist, now: float) -> Hist:
         """Counts of the last window_s (or since the swap, while the monitor knows less than a window)."""
@@ -179,7 +200,8 @@ class DriftMonitor:
 
     def _event(self, a: AgentDrift, state: str, now: float) -> dict:
         status = self.status_of(a.agent_id)
-        return {"kind": "drift", "state": state, "agent_id": a.agent_id, "model_name": self.model_name,
+        return {"kind": "drift", "state": state, "agent_id": a.agent_id, "camera": a.camera,
+                "model_name": self.model_name,
                 "model_version": a.model_version, "reference_version": a.reference_version,
                 "psi": round(a.psi or 0.0, 4), "level": a.level, "samples": a.samples,
                 "per_class": {k: (round(v, 4) if v is not None else None) for k, v in a.per_class.items()},
@@ -245,7 +267,8 @@ class DriftMonitor:
             log.info("drift on %s: group %s is at the budget cap already", event["agent_id"], group)
             return
         settings["sampling"] = {**sampling, "per_minute": new}
-        self._bundles.push(group, settings, "drift-monitor", note=f"drift on {event['agent_id']}: PSI"
+        where = event["agent_id"] + (f" camera {event['camera']}" if event.get("camera") else "")
+        self._bundles.push(group, settings, "drift-monitor", note=f"drift on {where}: PSI"
                            f" {event['psi']:.2f}, sampling.per_minute -> {new}",
                            parent_version=versions[0]["version"] if versions else 0)
         self.counters["budget_raises"] += 1
@@ -261,33 +284,45 @@ class DriftMonitor:
             a = self._agents.get(agent_id)
             if a is None:
                 return None
-            row = self._row(a)
+            row = self._row(a, detail)
             live = {k: list(v) for k, v in a.live.items()}
             history = list(a.history)
         ref = self._refs.get(a.model_version, (0, None))[1]
         return {**row, "live": live, "reference": ref["hist"] if ref else None, "history": history}
 
-    def _row(self, a: AgentDrift) -> dict:
+    def _row(self, a: AgentDrift, detail: bool = False) -> dict:
         status = self.status_of(a.agent_id)
         return {"agent_id": a.agent_id, "cameras": list(status.cameras) if status else [],
-                "config_group": status.config_group if status else "", "model_version": a.model_version,
-                "reference_version": a.reference_version, "psi": a.psi, "level": a.level, "samples": a.samples,
-                "per_class": dict(a.per_class), "alerting": a.alerting, "alerts": a.alerts, "updated": a.updated}
+                "config_group": status.config_group if status else "", **self._figures(a),
+                "per_camera": [{"camera": c.camera, **self._figures(c),
+                                **({"live": {k: list(v) for k, v in c.live.items()}} if detail else {})}
+                               for c in sorted(a.cameras.values(), key=lambda c: c.camera)]}
+
+    @staticmethod
+    def _figures(a: AgentDrift) -> dict:
+        return {"model_version": a.model_version, "reference_version": a.reference_version, "psi": a.psi,
+                "level": a.level, "samples": a.samples, "per_class": dict(a.per_class), "alerting": a.alerting,
+                "alerts": a.alerts, "updated": a.updated}
 
     def prometheus_text(self) -> str:
-        """Lines for /metrics: PSI per agent, alerts per agent, alert channel counters."""
+        """Lines for /metrics: PSI and alerts per agent (pooled) and per camera, alert channel counters."""
         def esc(v: str) -> str:
             return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+        def labels(key: tuple[str, str]) -> str:
+            agent, camera = key
+            return f'agent="{esc(agent)}"' + (f',camera="{esc(camera)}"' if camera else "")
         with self._lock:
-            psi = [(a.agent_id, a.psi) for a in self._agents.values() if a.psi is not None]
+            tracks = [t for a in self._agents.values() for t in (a, *a.cameras.values())]
+            psi = [((t.agent_id, t.camera), t.psi) for t in tracks if t.psi is not None]
             alerts = dict(self.alert_counts)
             counters = dict(self.counters)
         lines = ["# HELP edgeloop_drift_psi PSI of the agent's recent confidence histogram against its model's"
                  " test split", "# TYPE edgeloop_drift_psi gauge"]
-        lines += [f'edgeloop_drift_psi{{agent="{esc(a)}"}} {v:.6g}' for a, v in sorted(psi)]
+        lines += [f"edgeloop_drift_psi{{{labels(k)}}} {v:.6g}" for k, v in sorted(psi)]
         lines += ["# HELP edgeloop_drift_alerts_total drift alerts fired, by agent",
                   "# TYPE edgeloop_drift_alerts_total counter"]
-        lines += [f'edgeloop_drift_alerts_total{{agent="{esc(a)}"}} {n}' for a, n in sorted(alerts.items())]
+        lines += [f"edgeloop_drift_alerts_total{{{labels(k)}}} {n}" for k, n in sorted(alerts.items())]
         lines += ["# HELP edgeloop_drift_alert_channel_total drift alert deliveries and failures, by channel",
                   "# TYPE edgeloop_drift_alert_channel_total counter"]
         lines += [f'edgeloop_drift_alert_channel_total{{channel="{esc(k)}"}} {n}' for k, n in sorted(counters.items())]

@@ -1,5 +1,6 @@
 // The Drift page: every agent's PSI against its model's test split (GET /api/drift),
-// refreshed every few seconds; a row opens the agent's per-class histograms
+// refreshed every few seconds, with a row per camera under each agent (its
+// per_camera figures); a row opens the agent's per-class histograms
 // (GET /api/drift/{agent}), live against reference.
 "use strict";
 
@@ -18,20 +19,32 @@
       .sort((a, b) => b[1] - a[1]).slice(0, 3).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ") || "–";
   }
 
-  function row(a) {
-    return h("tr", { dataset: { agent: a.agent_id, level: a.level, alerting: a.alerting ? "yes" : "no" },
-                     onclick: () => show(a.agent_id), class: "clickable" },
-      h("td.mono", a.agent_id),
-      h("td", (a.cameras || []).join(", ") || "–"),
-      h("td.muted", a.config_group || "–"),
-      h("td.mono", `v${a.model_version}` + (a.reference_version && a.reference_version !== a.model_version
-        ? ` (ref v${a.reference_version})` : "")),
-      h("td.num", String(a.samples)),
-      h("td.num.psi", psi(a.psi)),
-      h("td", h(`span.badge${LEVEL_BADGE[a.level] ? "." + LEVEL_BADGE[a.level] : ""}.level`, a.level.replace("_", " "))),
-      h("td", a.alerting ? h("span.badge.bad.alert", "alerting") : a.alerts ? `${a.alerts} earlier` : "–"),
-      h("td.muted", worst(a.per_class)),
-      h("td", { title: when(a.updated) }, ago(a.updated)));
+  // model to updated: the same cells for an agent's pooled figures and for one camera's
+  function figures(x) {
+    return [
+      h("td.mono", `v${x.model_version}` + (x.reference_version && x.reference_version !== x.model_version
+        ? ` (ref v${x.reference_version})` : "")),
+      h("td.num", String(x.samples)),
+      h("td.num.psi", psi(x.psi)),
+      h("td", h(`span.badge${LEVEL_BADGE[x.level] ? "." + LEVEL_BADGE[x.level] : ""}.level`, x.level.replace("_", " "))),
+      h("td", x.alerting ? h("span.badge.bad.alert", "alerting") : x.alerts ? `${x.alerts} earlier` : "–"),
+      h("td.muted", worst(x.per_class)),
+      h("td", { title: when(x.updated) }, ago(x.updated))];
+  }
+
+  function rows(a) {
+    const flags = (x) => ({ level: x.level, alerting: x.alerting ? "yes" : "no" });
+    return [
+      h("tr", { dataset: { agent: a.agent_id, ...flags(a) }, onclick: () => show(a.agent_id), class: "clickable" },
+        h("td.mono", a.agent_id),
+        h("td", (a.cameras || []).join(", ") || "–"),
+        h("td.muted", a.config_group || "–"),
+        figures(a)),
+      // data-of (not data-agent): a selector for the agent's row finds that row only
+      ...(a.per_camera || []).map((c) => h("tr",
+        { dataset: { of: a.agent_id, camera: c.camera, ...flags(c) }, onclick: () => show(a.agent_id),
+          class: "clickable camera-row" },
+        h("td.muted", "└ camera"), h("td.mono", c.camera), h("td.muted", ""), figures(c)))];
   }
 
   function bars(live, ref) {
@@ -85,7 +98,7 @@
       $("drift-summary").textContent = `${d.model_name}: ${agents.length} agents` +
         (alerting ? ` · ${alerting} alerting` : "") + ` · alert above PSI ${d.thresholds.alert_psi}` +
         ` over ${d.thresholds.window_s} s windows · updated ${new Date().toLocaleTimeString()}`;
-      fill($("drift-body"), agents.length ? agents.map(row)
+      fill($("drift-body"), agents.length ? agents.map(rows)
         : h("tr", h("td.muted", { colspan: 10 }, "No telemetry from any agent yet.")));
       $("drift-error").classList.add("hidden");
       if (open) show(open);
