@@ -7,16 +7,14 @@ in the report with its reason. No threads; waits only on the store's writer.
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 from PIL import Image
 
 from trainer.data.common import IMAGE_EXTS, FormatError, ReadReport
-from trainer.data.store_io import OUTSIDE_REASON, inside
+from trainer.data.store_io import OUTSIDE_REASON, image_bytes, inside
 from trainer.store import BadImage, Store, new_example
-from trainer.store.blobs import sniff_ext
 
 CHUNK = 200
 MAX_FILES = 100_000
@@ -42,17 +40,6 @@ def list_unlabelled(folder: Path, report: ReadReport) -> list[Path]:
     return out
 
 
-def _image_bytes(path: Path) -> bytes:
-    """JPEG and PNG byte for byte; BMP, WebP, GIF stored as PNG (what the store and browsers take)."""
-    data = path.read_bytes()
-    if sniff_ext(data) is not None:
-        return data
-    with Image.open(io.BytesIO(data)) as im:
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, "PNG")
-        return buf.getvalue()
-
-
 def import_unlabelled(store: Store, folder: str | Path, report: ReadReport | None = None,
                       root: Path | None = None) -> int:
     """Add every image below ``folder`` as an unlabelled review item; returns how many were new.
@@ -71,7 +58,7 @@ def import_unlabelled(store: Store, folder: str | Path, report: ReadReport | Non
                 report.skip(path, f"{OUTSIDE_REASON}: resolves outside it through a symlink")
                 continue
             try:
-                rows.append(new_example(_image_bytes(path), source="import", status="pending_review",
+                rows.append(new_example(image_bytes(path), source="import", status="pending_review",
                                         origin=f"images:{path.relative_to(folder).as_posix()}"))
             except (OSError, BadImage, ValueError, Image.DecompressionBombError) as err:
                 report.skip(path, f"corrupt image: {err}")

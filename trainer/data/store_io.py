@@ -44,14 +44,15 @@ def read_dataset(fmt: str, path: str | Path, images_dir: str | Path | None = Non
     raise FormatError(f"unknown format {fmt!r}; one of {FORMATS}")
 
 
-def _image_bytes(path: Path) -> bytes:
-    """JPEG and PNG are kept byte for byte; anything else (BMP, WebP, GIF) is stored as PNG."""
+def image_bytes(path: Path) -> bytes:
+    """JPEG and PNG are kept byte for byte; anything else (BMP, WebP, GIF) is stored as an RGB PNG
+    (what the store, the trainer and browsers all take)."""
     data = path.read_bytes()
     if sniff_ext(data) is not None:
         return data
     with Image.open(io.BytesIO(data)) as im:
         buf = io.BytesIO()
-        im.save(buf, "PNG")
+        im.convert("RGB").save(buf, "PNG")
         return buf.getvalue()
 
 
@@ -100,7 +101,7 @@ def import_examples(store: Store, examples: list[Example], *, fmt: str, task: st
         rows = []
         for e in examples[start:start + CHUNK]:
             try:
-                rows.append(new_example(_image_bytes(Path(e.image_path)), label=e.label, boxes=e.boxes, split=e.split, source=e.source,
+                rows.append(new_example(image_bytes(Path(e.image_path)), label=e.label, boxes=e.boxes, split=e.split, source=e.source,
                                         status="labeled", origin=f"{fmt}:{e.id}", round_added=e.round_added))
             except (OSError, BadImage, ValueError, Image.DecompressionBombError) as err:
                 report.skip(e.image_path, f"corrupt image: {err}")
