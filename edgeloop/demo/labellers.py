@@ -1,4 +1,4 @@
-"""Scripted reviewers for detection: answer the review queue through the REST API, as a person would.
+"""Scripted reviewers: answer the review queue through the REST API, as a person would.
 
 ``QueueLabeller`` polls ``GET /api/queue`` every ``period`` seconds on its own
 thread and answers each pending item with what ``answer(item)`` says:
@@ -8,6 +8,8 @@ thread and answers each pending item with what ``answer(item)`` says:
   tried again at the next poll.
 - ``known_boxes(truth)``: label with the true boxes of the frame (a test's
   synthetic video, where every frame's objects are known).
+- ``edgeloop.demo.oracle.true_labels(seed)``: the classification demo's true
+  class of a synthetic camera frame.
 
 It waits only on HTTP calls (30 s timeout each); ``stop`` joins the thread.
 """
@@ -88,13 +90,19 @@ class QueueLabeller:
             if r.status_code == 200:
                 done += 1
                 self.labelled += 1
-                after = r.json()["item"]
-                self.corrected += len(after["boxes"]) != _detections(item)
+                self.corrected += _corrected(item, body, r.json()["item"])
             elif r.status_code == 422:
                 self.waiting += 1
             else:
                 log.warning("labeller: item %s answered %d %s", item["id"], r.status_code, r.text[:200])
         return done
+
+
+def _corrected(item: dict, body: dict | None, after: dict) -> bool:
+    """A class other than the model's prediction, or (detection) another number of boxes than it found."""
+    if body is not None and "label" in body:
+        return body["label"] != item.get("predicted_label")
+    return len(after["boxes"]) != _detections(item)
 
 
 def _detections(item: dict, threshold: float = 0.3) -> int:
