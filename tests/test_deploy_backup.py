@@ -154,7 +154,8 @@ class Server:
         self.config = tmp / "server.toml"
         self.config.write_text(
             f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nclient_id = "drill"\nbatch_ms = 20\n'
-            f'[http]\nport = {self.port}\n[store]\ndata_dir = "{data}"\n')
+            f'[http]\nport = {self.port}\n[store]\ndata_dir = "{data}"\n'
+            '[project]\ntask = "classification"\nlabels = ["circle", "square", "triangle"]\n')
         self.log = tmp / "server.log"
         self.proc: subprocess.Popen | None = None
 
