@@ -180,11 +180,16 @@ def fit(model: nn.Module, train_loader, val_loader, task: str, opts: FitOptions,
             result.best_val_loss = val_loss if val_loss is not None else stats.loss
             result.best_val_metric = metric
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        # Stopping early is only allowed once the model has had a fair number of updates; overfitting
-        # is evidence that it has learnt (the train loss fell), so it only waits for min_epochs.
+        # Stopping early is only allowed once the model has had a fair number of updates. Overfitting is
+        # recorded when first seen (after min_epochs), but the round still runs to its step floor: on the
+        # tiny validation splits of early rounds a rising val loss is often noise, and the best epoch's
+        # weights are what is kept either way.
         may_stop = epoch + 1 >= opts.min_epochs and state["step"] >= opts.min_steps
-        if epoch + 1 >= opts.min_epochs and is_overfitting(result.history, opts.overfit_epochs, opts.overfit_margin):
-            result.overfit, result.overfit_epoch, result.stop_reason = True, epoch, "overfitting"
+        if (not result.overfit and epoch + 1 >= opts.min_epochs
+                and is_overfitting(result.history, opts.overfit_epochs, opts.overfit_margin)):
+            result.overfit, result.overfit_epoch = True, epoch
+        if result.overfit and may_stop:
+            result.stop_reason = "overfitting"
             break
         if may_stop and tracker.since_best >= opts.patience:
             result.stop_reason = "early_stopping"
