@@ -32,3 +32,18 @@ def test_the_service_runs_with_the_resolved_id(tmp_path) -> None:
 
     service = Service(_config(tmp_path / "d", enabled=False))
     assert service.config.mqtt.client_id == resolve_client_id(_config(tmp_path / "d")).mqtt.client_id
+
+
+def test_processes_starting_together_agree_on_the_suffix(tmp_path):
+    """Collectors and workers sharing a data dir start at once: one creates the file, all read the same id."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from trainer.server.config import _client_id_suffix; "
+            "print(_client_id_suffix(Path(sys.argv[1])))")
+    path = tmp_path / "data" / "mqtt_client_id"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    outs = {p.communicate(timeout=120)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(outs) == 1 and outs == {path.read_text().strip()}

@@ -6,6 +6,7 @@ import os
 import re
 import secrets
 import socket
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from protocol.files import atomic_write_text
 from trainer.assist.config import AssistConfig
 from trainer.publish.service import PublishingConfig
 from trainer.store.labels import label_problem
@@ -196,6 +198,34 @@ def resolve_token(config: ServerConfig, env: dict[str, str] | None = None) -> tu
 CLIENT_ID_FILE = "mqtt_client_id"  # in store.data_dir: this server's client id suffix
 
 
+def _client_id_suffix(path: Path) -> str:
+    """The data dir's suffix, made once: processes starting together (collectors, workers) agree on it."""
+    valid = re.compile(r"[a-f0-9]{8}")
+    for _ in range(50):
+        try:
+            suffix = path.read_text().strip()
+        except FileNotFoundError:
+            suffix = None
+        if suffix is not None and valid.fullmatch(suffix):
+            return suffix
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = secrets.token_hex(4)
+        if suffix:  # something else is in the file: replace it whole
+            atomic_write_text(path, fresh + "\n")
+            return fresh
+        try:  # only one process creates it; the others read what it wrote
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            time.sleep(0.02)  # its creator is writing it
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(fresh + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return fresh
+    raise RuntimeError(f"{path} stays empty; delete it or set [mqtt] client_id")
+
+
 def resolve_client_id(config: "ServerConfig") -> "ServerConfig":
     """``config`` with ``[mqtt] client_id`` filled in when it was left out.
 
@@ -207,18 +237,7 @@ def resolve_client_id(config: "ServerConfig") -> "ServerConfig":
     """
     if config.mqtt.client_id is not None:
         return config
-    data_dir = Path(config.store.data_dir)
-    path = data_dir / CLIENT_ID_FILE
-    try:
-        suffix = path.read_text().strip()
-    except FileNotFoundError:
-        suffix = ""
-    if not re.fullmatch(r"[a-f0-9]{8}", suffix):
-        data_dir.mkdir(parents=True, exist_ok=True)
-        suffix = secrets.token_hex(4)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(suffix + "\n")
-        os.replace(tmp, path)
+    suffix = _client_id_suffix(Path(config.store.data_dir) / CLIENT_ID_FILE)
     host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:32] or "host"
     mqtt = config.mqtt.model_copy(update={"client_id": f"edgeloop-{host}-{suffix}"})
     return config.model_copy(update={"mqtt": mqtt})
