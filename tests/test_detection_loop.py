@@ -60,7 +60,7 @@ def test_detection_loop_from_camera_to_rolled_out_model(tmp_path):
 
     video, truth = synthetic_video(tmp_path / "shapes.avi")
     cfg = DemoConfig(data=tmp_path / "data", agents=2, source=str(video), auto_label=True, headless=True,
-                     http_port=0, batch_size=30, camera_fps=15.0, task="detection", initial_examples=30, epochs=4)
+                     http_port=0, batch_size=30, camera_fps=15.0, task="detection", initial_examples=30, epochs=10)
     task = DetectionTask(cfg, Layout(cfg.data.resolve()), truth=lambda _video, i: truth[i])
     demo = Demo(cfg, task=task)
     try:
