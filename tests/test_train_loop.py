@@ -111,3 +111,55 @@ def test_new_examples_are_oversampled_but_never_take_over_the_draws(tmp_path):
     mid = sample_weights(data(200, 40), "classification", True, 5, 3.0, 0.25)
     assert abs(40 * mid[-1] / (40 * mid[-1] + 200) - 0.25) < 1e-9  # capped at exactly a quarter
     assert sample_weights(data(100, 40), "classification", True, 5, 3.0, 1.0)[-1] == 3.0  # no cap
+
+
+def test_the_weight_average_ramps_up_then_follows_the_last_steps():
+    import math
+
+    import torch
+    from torch import nn
+
+    from trainer.train.loop import WeightAverage
+
+    model = nn.Sequential(nn.Linear(2, 1), nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(0.0)
+    avg = WeightAverage(model, decay=0.9, ramp=10)
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[1].running_mean.fill_(4.0)
+    avg.update(model)
+    d1 = 0.9 * (1 - math.exp(-0.1))  # the first update barely remembers the starting weights
+    assert avg.model[0].weight.flatten().tolist() == pytest.approx([1 - d1] * 2)
+    assert avg.model[1].running_mean.item() == pytest.approx(4 * (1 - d1))  # float buffers are averaged
+    assert avg.model[1].num_batches_tracked.item() == model[1].num_batches_tracked.item()  # counters copied
+    for _ in range(200):
+        avg.update(model)
+    assert avg.model[0].weight.flatten().tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert not any(p.requires_grad for p in avg.model.parameters())
+    assert model[0].weight.requires_grad  # the live model still trains
+
+
+def test_with_a_weight_average_the_round_keeps_and_exports_the_average(tmp_path):
+    import numpy as np
+    import torch
+
+    from trainer.synthetic import get_generator
+    from trainer.train.config import TrainConfig
+    from trainer.train.round import run_round
+
+    examples = get_generator("shapes").generate(45, np.random.default_rng(0), tmp_path / "img")
+
+    def kept(ema):
+        cfg = TrainConfig(input_size=16, epochs=3, batch_size=16, min_steps=30, num_workers=0, ema_decay=ema,
+                          augment={"enabled": False}, export={"enabled": False})
+        out = tmp_path / f"out{ema}"
+        run_round(examples, cfg, out)
+        return torch.load(out / "model.pt", weights_only=False)["state_dict"]
+
+    plain, averaged = kept(0.0), kept(0.9)
+    # Same data, seed and steps: only the averaging differs, and it changes what is kept.
+    assert plain.keys() == averaged.keys()
+    assert any(not torch.allclose(plain[k], averaged[k]) for k in plain if plain[k].dtype.is_floating_point)
+    with pytest.raises(Exception, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)

@@ -97,6 +97,8 @@ class TrainConfig(_Strict):
     full_retrain: bool = False
     # Peak learning rate of an incremental round, as a share of lr (1: the same as a first round).
     incremental_lr_scale: float = Field(1.0, gt=0, le=1)
+    # Evaluate, keep and export a moving average of the weights (decay per step; 0 turns it off).
+    ema_decay: float = Field(0.0, ge=0, lt=1)
     new_weight: float = Field(3.0, ge=1.0)  # sampling weight of examples added this round
     new_share_max: float = Field(0.25, gt=0, le=1)  # ...but at most this share of the draws (1: no cap)
     balance: Literal["sampler", "loss", "none"] = "sampler"

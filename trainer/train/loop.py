@@ -75,6 +75,34 @@ class FitOptions:
     min_epochs: int = 0
     min_steps: int = 0
     early_stop_on: str = "val_loss"  # or "val_metric"
+    ema_decay: float = 0.0  # 0: off; else evaluate, keep and export an exponential moving average of the weights
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak averaging, as YOLOX and Ultralytics train).
+
+    The last iterate of a short, noisy round is one draw around the minimum;
+    the average over its last ~``1 / (1 - decay)`` steps is steadier, so
+    successive rounds differ by what they learnt rather than by where the last
+    batch left them. The decay ramps up from 0 (``decay × (1 - exp(-step /
+    ramp))``) so that a round of 200 steps averages its second half, not the
+    starting weights. Float buffers (BatchNorm statistics) are averaged too.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, ramp: float) -> None:
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.decay, self.ramp, self.updates = decay, max(1.0, ramp), 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1.0 - math.exp(-self.updates / self.ramp))
+        live = model.state_dict()
+        for name, avg in self.model.state_dict().items():
+            if avg.dtype.is_floating_point:
+                avg.mul_(d).add_(live[name].detach(), alpha=1.0 - d)
+            else:
+                avg.copy_(live[name])
 
 
 def pick_device(choice: str) -> torch.device:
@@ -156,14 +184,17 @@ def fit(model: nn.Module, train_loader, val_loader, task: str, opts: FitOptions,
     total_steps = opts.epochs * max(1, len(train_loader))
     result, tracker = FitResult(metric_name=val_metric[0] if val_metric else None), _Best(opts)
     state, best_state = {"step": 0, "train_time": 0.0, "train_images": 0}, None
+    # The ramp spreads the average over about the last half of the round's planned steps.
+    state["ema"] = WeightAverage(model, opts.ema_decay, total_steps / 10) if opts.ema_decay > 0 else None
+    kept = state["ema"].model if state["ema"] is not None else model  # what is evaluated, kept and exported
     for epoch in range(opts.epochs):
         t0 = time.perf_counter()
         loss, seen, lr = _train_epoch(model, train_loader, task, opts, device, norm, criterion, optimizer, params,
                                       state, total_steps, epoch, amp, should_cancel, batch_augment)
         state["train_time"] += time.perf_counter() - t0
         state["train_images"] += seen
-        val_loss = evaluate_loss(model, val_loader, task, norm, val_criterion, amp) if val_loader else None
-        metric = val_metric[1](model) if val_metric is not None and val_loader is not None else None
+        val_loss = evaluate_loss(kept, val_loader, task, norm, val_criterion, amp) if val_loader else None
+        metric = val_metric[1](kept) if val_metric is not None and val_loader is not None else None
         stats = EpochStats(epoch, loss, val_loss, lr, time.perf_counter() - t0, seen, metric, state["step"],
                            result.metric_name)
         if not math.isfinite(stats.loss):
@@ -179,7 +210,7 @@ def fit(model: nn.Module, train_loader, val_loader, task: str, opts: FitOptions,
             result.best_epoch = epoch
             result.best_val_loss = val_loss if val_loss is not None else stats.loss
             result.best_val_metric = metric
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in kept.state_dict().items()}
         # Stopping early is only allowed once the model has had a fair number of updates. Overfitting is
         # recorded when first seen (after min_epochs), but the round still runs to its step floor: on the
         # tiny validation splits of early rounds a rising val loss is often noise, and the best epoch's
@@ -197,7 +228,7 @@ def fit(model: nn.Module, train_loader, val_loader, task: str, opts: FitOptions,
     result.watched, result.steps = tracker.watched, state["step"]
     result.train_images_per_s = state["train_images"] / state["train_time"] if state["train_time"] > 0 else 0.0
     if best_state is None:
-        best_state = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
+        best_state = copy.deepcopy({k: v.cpu() for k, v in kept.state_dict().items()})
     return result, best_state
 
 
@@ -253,6 +284,8 @@ def _train_epoch(model, loader, task, opts: FitOptions, device, norm, criterion,
         loss.backward()
         nn.utils.clip_grad_norm_(params, 10.0)
         optimizer.step()
+        if state["ema"] is not None:
+            state["ema"].update(model)
         running += float(loss.detach()) * len(images)
         seen += len(images)
         state["step"] += 1

@@ -223,7 +223,8 @@ def run_round(examples: Sequence[Example], config: TrainConfig, out_dir: str | P
     lr = config.lr * (config.incremental_lr_scale if plan.parent_state is not None else 1.0)
     opts = FitOptions(config.epochs, lr, config.weight_decay, config.patience, config.overfit_epochs,
                       config.min_delta, config.amp, config.overfit_margin, min_epochs=config.min_epochs,
-                      min_steps=config.min_steps, early_stop_on=config.early_stop_on)
+                      min_steps=config.min_steps, early_stop_on=config.early_stop_on,
+                      ema_decay=config.ema_decay)
     log.info("round %d: %s on %s, %s, imbalance %s", plan.round, plan.model, device,
              split_counts(examples, splits), imbalance)
     result, best = fit(model, train, val, plan.task, opts, device, norm, class_weights, on_epoch, should_cancel,
