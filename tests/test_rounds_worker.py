@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
@@ -16,7 +17,7 @@ from trainer.publish.health import RolloutPolicy
 from trainer.publish.registry import NewModel, Registry
 from trainer.publish.service import PublishingConfig, PublishingService
 from trainer.publish.simfleet import tiny_classifier
-from trainer.rounds.pipeline import RoundManager, RoundsConfig
+from trainer.rounds.pipeline import RoundManager, RoundsConfig, val_accuracy
 from trainer.rounds.worker import Busy, RoundOutcome
 from trainer.store import Store, incoming, new_example
 from trainer.synthetic.shapes import CLASSES, ShapesGenerator
@@ -81,6 +82,10 @@ def test_batch_triggers_a_round_that_is_registered_gated_and_rolled_out(store, t
         # the validation split's accuracy every epoch, next to the losses, for the live chart
         assert all(e["metric_name"] == "accuracy" and 0 <= e["val_metric"] <= 1 for e in progress["epochs"])
         assert progress["last"]["version"] == 1 and progress["last"]["gate"]["publish"]
+        # the kept epoch's validation accuracy is in the store, where the review queue's cold start reads it
+        detail = json.loads(store.db.read().execute("SELECT detail FROM rounds WHERE state = 'done'").fetchone()[0])
+        fit = registry.get("shapes", 1).config["fit"]
+        assert fit["metric_name"] == "accuracy" and detail["val_accuracy"] == fit["best_val_metric"] is not None
         assert store.corrected_since_last_round() == 3
         assert set(progress["last"]["timings"]) == {"process", "train", "register", "gate"}
         rounds.rollouts[0].result(60)
@@ -173,3 +178,11 @@ def test_a_person_can_still_publish_a_rejected_candidate(store, tmp_path, broker
     finally:
         svc.close()
         registry.close()
+
+
+def test_val_accuracy_is_the_kept_epochs_classification_accuracy():
+    """What a finished round records for the review queue's cold start (trainer/store/review.py)."""
+    assert val_accuracy({"metric_name": "accuracy", "best_val_metric": 0.75}) == 0.75
+    assert val_accuracy({"metric_name": "map_50", "best_val_metric": 0.75}) is None  # detection: not an accuracy
+    assert val_accuracy({"metric_name": "accuracy", "best_val_metric": None}) is None  # no validation split
+    assert val_accuracy({}) is None and val_accuracy(None) is None

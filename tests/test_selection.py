@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -125,3 +126,27 @@ def test_queue_order_spreads_near_duplicates_and_falls_back_without_embeddings()
     groups = np.where(np.arange(len(x)) % 2 == 0, 1, 2)
     mixed = queue_order(value, x, np.ones(len(x), bool), groups)
     assert mixed[1][1] == 1.0
+
+
+def test_queue_order_puts_the_given_items_ahead_and_counts_them():
+    x, cl, _ = clusters(n_clusters=3, per=10)
+    value = np.where(cl == 0, 0.9, 0.6)
+    ahead = [int(np.flatnonzero(cl == 1)[0]), int(np.flatnonzero(cl == 2)[0])]  # e.g. the cold start's picks
+    order = queue_order(value, x, np.ones(len(x), bool), ahead=ahead)
+    assert [i for i, _ in order[:2]] == ahead and order[0][1] == math.inf
+    assert cl[order[2][0]] == 0  # the only region with nothing ahead comes next, not a second of 1 or 2
+    assert sorted(i for i, _ in order) == list(range(len(x)))
+    without = [i for i, _ in queue_order(value, x, np.ones(len(x), bool))]
+    assert without[0] not in ahead and cl[without[0]] == 0  # without them the most valuable leads
+    for bad in ([0, 0], [len(x)], [-1]):
+        with pytest.raises(SelectionError, match="ahead"):
+            queue_order(value, x, np.ones(len(x), bool), ahead=bad)
+
+
+def test_typical_says_whether_its_region_holds_labels():
+    x, cl, _ = clusters(n_clusters=3, per=20)
+    picks = select("typical", Pool(np.zeros(len(x)), x, labelled=x[cl == 0][:2], n_labelled=2), 4, random.Random(0))
+    assert all(p.reason.startswith("typical: centre of a dense region of") for p in picks)
+    assert picks[0].reason.endswith("with no labels yet")
+    everywhere = select("typical", Pool(np.zeros(len(x)), x, labelled=x, n_labelled=len(x)), 2, random.Random(0))
+    assert all(p.reason.endswith("labelled or picked") for p in everywhere)  # every region holds labels

@@ -22,14 +22,16 @@ without torch. Every strategy is a pure function in the ``STRATEGIES`` table,
   linearly to zero at ``labels_per_class`` labels per class) or at once when
   the known accuracy passes ``weak_accuracy``.
 - ``queue_order`` (not in the table: it orders a whole queue instead of
-  picking a batch): greedy value × distance to what is already ahead.
+  picking a batch): greedy value × distance to what is already ahead, after
+  any items the caller puts ahead (the server's cold start: ``typical``
+  picks for ``weak_share`` of a review batch, ``trainer.store.ranking``).
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -248,7 +250,8 @@ def typical(pool: Pool, k: int, rng: random.Random, params: Params = Params()) -
         typ = typicality(cluster, params.knn)[-len(members[c]):]
         typ = typ[[list(members[c]).index(i) for i in idx]]
         best = int(idx[int(np.argmax(typ))])
-        picked.append(Pick(best, f"typical: centre of a cluster of {sizes[c]} with {covered[c]} labelled"))
+        held = "no labels yet" if covered[c] == 0 else f"{covered[c]} labelled or picked"
+        picked.append(Pick(best, f"typical: centre of a dense region of {sizes[c]} with {held}"))
         taken.add(best)
         covered[c] += 1
     return picked
@@ -270,18 +273,24 @@ def cold_start(pool: Pool, k: int, rng: random.Random, params: Params = Params()
 
 
 def queue_order(values: np.ndarray, embeddings: np.ndarray | None, has: np.ndarray | None = None,
-                groups: np.ndarray | None = None) -> list[tuple[int, float]]:
+                groups: np.ndarray | None = None, ahead: Sequence[int] = ()) -> list[tuple[int, float]]:
     """Order a whole queue: greedily the largest ``value × distance to everything ahead``.
 
     Distance is the cosine distance of L2-normalised embeddings, clipped to
     [0, 1]; between items without an embedding (``has`` False) or from
     different models (``groups`` differ: their embedding spaces are not
     comparable) it is 1, so without embeddings this is the order of
-    ``values``. Returns ``(index, distance to the nearest item ahead)``, the
-    first with ``inf``. Quadratic: call it on a window of the queue.
+    ``values``. ``ahead``: indices placed first, in that order (the server's
+    cold start puts ``typical`` picks there); the greedy order continues
+    after them, its distances counting them. Returns ``(index, distance to
+    the nearest item ahead)``, the first with ``inf``. Quadratic: call it on
+    a window of the queue.
     """
     v = np.asarray(values, np.float64)
     n = len(v)
+    ahead = [int(i) for i in ahead]
+    if len(set(ahead)) != len(ahead) or any(not 0 <= i < n for i in ahead):
+        raise SelectionError(f"ahead must be distinct indices below {n}, got {ahead[:10]}")
     if n == 0:
         return []
     has = np.zeros(n, bool) if has is None or embeddings is None else np.asarray(has, bool)
@@ -291,8 +300,11 @@ def queue_order(values: np.ndarray, embeddings: np.ndarray | None, has: np.ndarr
     left = np.ones(n, bool)
     out: list[tuple[int, float]] = []
     for step in range(n):
-        score = np.where(left, v * nearest, -np.inf)
-        i = int(np.argmax(score))  # ties: the earlier index, i.e. the caller's order
+        if step < len(ahead):
+            i = ahead[step]
+        else:
+            score = np.where(left, v * nearest, -np.inf)
+            i = int(np.argmax(score))  # ties: the earlier index, i.e. the caller's order
         out.append((i, math.inf if step == 0 else float(nearest[i])))
         left[i] = False
         d = np.ones(n)

@@ -86,6 +86,13 @@ class RoundReport:
     timings: dict = field(default_factory=dict)  # seconds: process (worker wall), train (run_round), register, gate
 
 
+def val_accuracy(fit: dict | None) -> float | None:
+    """The kept epoch's validation accuracy from a round's fit summary (None for detection or without a val split)."""
+    if not fit or fit.get("metric_name") != "accuracy" or not isinstance(fit.get("best_val_metric"), (int, float)):
+        return None
+    return float(fit["best_val_metric"])
+
+
 class RoundManager:
     def __init__(self, store, registry: Registry, config: RoundsConfig, rollout=None,
                  on_report: Callable[[RoundReport], None] | None = None, *, runs_jobs: bool = True,
@@ -306,7 +313,8 @@ class RoundManager:
         done = [m for m in self.registry.models(name) if m.config.get("round") == job.round_id]
         if done:  # its last worker died after registering: the model is there, do not train it twice
             self.jobs.finish(job.round_id, "done", {"version": done[0].version, "error": "",
-                                                    "note": "registered before its worker stopped"})
+                                                    "note": "registered before its worker stopped",
+                                                    "val_accuracy": val_accuracy(done[0].config.get("fit"))})
             return
         log.warning("round %d claimed (attempt %d, reason %s)", job.round_id, job.attempts, job.reason)
         with self._lock:
@@ -358,7 +366,10 @@ class RoundManager:
                 self._mark_round(outcome.round_id, report.state, {
                     "version": report.version, "error": report.error[:2000],
                     "gate": report.gate.to_dict() if report.gate else None, "timings": report.timings,
-                    "rollout_started": report.rollout_started})
+                    "rollout_started": report.rollout_started,
+                    # the review queue's cold start reads it (trainer/store/review.py): is the model still weak?
+                    "val_accuracy": val_accuracy((outcome.result or {}).get("fit"))
+                    if report.state == "done" else None})
             except Exception:  # e.g. the store closed at shutdown: the report below still stands
                 log.exception("could not record the end of round %d in the store", outcome.round_id)
             self.last = report

@@ -21,6 +21,7 @@ from protocol.files import atomic_write_text
 from trainer.assist.config import AssistConfig
 from trainer.publish.service import PublishingConfig
 from trainer.store.labels import label_problem
+from trainer.store.ranking import QueueConfig
 from trainer.rounds.pipeline import RoundsConfig
 from trainer.roles.config import RolesConfig
 from trainer.store.retention import RetentionConfig
@@ -153,6 +154,8 @@ class ServerConfig(_Strict):
     roles: RolesConfig = RolesConfig()
     # What the store may forget, and the hard limit above which new samples are refused (trainer/store/retention.py).
     retention: RetentionConfig = RetentionConfig()
+    # The review queue's cold start: typical items first while the model is weak (trainer/store/ranking.py).
+    queue: QueueConfig = QueueConfig()
 
     @model_validator(mode="after")
     def _same_model(self) -> "ServerConfig":

@@ -33,7 +33,7 @@ class Service:
     def start(self) -> "Service":
         cfg = self.config
         self.store = Store(cfg.store.data_dir, url=cfg.store.store_url(), busy_timeout_ms=cfg.store.busy_timeout_ms,
-                           pool_size=cfg.store.pool_size)
+                           pool_size=cfg.store.pool_size, queue_config=cfg.queue)
         p = cfg.project
         self.store.configure_project(name=p.name, task=p.task, labels=p.labels, batch_size=p.batch_size)
         roles = cfg.roles  # which parts run in this process (trainer/roles/config.py)

@@ -68,7 +68,8 @@ def class_counts(db: Conn) -> dict[str, int]:
     return counts
 
 
-def queue(db: Conn, f: QueueFilter, limit: int, offset: int, now: float) -> tuple[list[Item], int]:
+def queue(db: Conn, f: QueueFilter, limit: int, offset: int, now: float,
+          config: ranking.QueueConfig = ranking.QueueConfig()) -> tuple[list[Item], int]:
     where, args = ["e.status = ?"], [f.status]
     for column, value in (("s.camera_id", f.camera), ("s.agent_id", f.agent), ("s.model_version", f.model_version),
                           ("s.predicted_label", f.predicted), ("s.strategy", f.strategy)):
@@ -78,7 +79,7 @@ def queue(db: Conn, f: QueueFilter, limit: int, offset: int, now: float) -> tupl
     sql_where = " WHERE " + " AND ".join(where)
     ranked = _ranked(db, sql_where, args, now)
     if f.status == "pending_review" and offset < ranking.WINDOW:
-        return _diverse_page(db, ranked, limit, offset), len(ranked)
+        return _diverse_page(db, ranked, limit, offset, _strength(db, config), config), len(ranked)
     return _items(db, _rows_by_id(db, [i for i, _ in ranked[offset:offset + limit]])), len(ranked)
 
 
@@ -99,9 +100,44 @@ def _ranked(db: Conn, sql_where: str, args: list, now: float) -> list[tuple[int,
     return scored
 
 
-def _diverse_page(db: Conn, ranked: list[tuple[int, float]], limit: int, offset: int) -> list[Item]:
-    """The pending queue's page: the best ``ranking.WINDOW`` by expected value in their diverse order,
-    then the rest by expected value. Each item's ``reason`` starts with why it is where it is."""
+def _strength(db: Conn, config: ranking.QueueConfig) -> ranking.Strength | None:
+    """What the store knows about how weak the model is (None with the cold start off).
+
+    Labels per class as the round counts them; the validation accuracy of the newest finished round
+    (recorded by ``trainer.rounds.pipeline``); the labelled examples' embeddings only while the cold
+    start has a share to give, so a strong model's queue does not read them.
+    """
+    if not config.cold_start:
+        return None
+    counts = class_counts(db)
+    project = _project(db)
+    s = ranking.Strength(n_labelled=sum(counts.values()), n_classes=len(project.labels) or len(counts),
+                         batch=project.batch_size, accuracy=_round_accuracy(db))
+    if ranking.cold_share(s, config) == 0.0:
+        return s
+    rows = db.execute("SELECT e.embedding, s.model_name, s.model_version FROM examples e JOIN samples s"
+                      " ON s.example_id = e.id WHERE e.status = 'labeled' AND e.embedding IS NOT NULL"
+                      " ORDER BY e.id DESC LIMIT ?", [ranking.LABELLED_MAX]).fetchall()
+    return replace(s, labelled=tuple(((m, v), bytes(b)) for b, m, v in rows))
+
+
+def _round_accuracy(db: Conn) -> float | None:
+    """The newest finished round's validation accuracy, when it recorded one (classification only)."""
+    row = db.execute("SELECT detail FROM rounds WHERE state = 'done' ORDER BY id DESC LIMIT 1").fetchone()
+    try:
+        acc = json.loads(row[0]).get("val_accuracy") if row else None
+    except (ValueError, AttributeError):  # a detail that is not a JSON object: no accuracy known
+        return None
+    known = isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0.0 <= acc <= 1.0
+    return float(acc) if known else None
+
+
+def _diverse_page(db: Conn, ranked: list[tuple[int, float]], limit: int, offset: int,
+                  strength: ranking.Strength | None = None,
+                  config: ranking.QueueConfig = ranking.QueueConfig()) -> list[Item]:
+    """The pending queue's page: the best ``ranking.WINDOW`` by expected value in their diverse order
+    (cold start first while ``strength`` says the model is weak), then the rest by expected value.
+    Each item's ``reason`` starts with why it is where it is."""
     window = ranked[:ranking.WINDOW]
     facts = {r[0]: r[1:] for r in _select_in(
         db, "SELECT e.id, e.embedding, s.model_name, s.model_version, s.uncertainty, s.strategy FROM examples e"
@@ -109,7 +145,7 @@ def _diverse_page(db: Conn, ranked: list[tuple[int, float]], limit: int, offset:
     # An id missing from facts or by_id was deleted between the reads (retention): skipped, not a KeyError.
     cands = [ranking.Candidate(i, v, _bytes(facts[i][0]), (facts[i][1], facts[i][2]), facts[i][3], facts[i][4])
              for i, v in window if i in facts]
-    order = ranking.diverse_order(cands)[offset:offset + limit]
+    order = ranking.diverse_order(cands, strength, config)[offset:offset + limit]
     by_id = {it.id: it for it in _items(db, _rows_by_id(db, [i for i, _ in order]))}
     page = [replace(by_id[i], reason=f"queue: {why}" + (f" · agent: {by_id[i].reason}" if by_id[i].reason else ""))
             for i, why in order if i in by_id]

@@ -22,6 +22,7 @@ from .backends import default_url, open_database
 from .blobs import EXT_OF, MEDIA_TYPES, DatabaseBlobs, ImageCache, sha256
 from .imaging import BadImage, hash_image, inspect_image
 from .migrations import migrate
+from .ranking import QueueConfig
 from .records import (DeadLetter, IncomingSample, IngestResult, Item, NewExample, NotFound, Project,
                       QueueFilter, StoreError)
 from .sql import Conn, insert_rows
@@ -35,8 +36,9 @@ class Store:
     database a store URL names. Image files for the trainer are materialized under ``data_dir/cache``."""
 
     def __init__(self, data_dir: str | Path, *, url: str | None = None, busy_timeout_ms: int = 10_000,
-                 pool_size: int = 8) -> None:
+                 pool_size: int = 8, queue_config: QueueConfig = QueueConfig()) -> None:
         self.data_dir = Path(data_dir)
+        self.queue_config = queue_config  # the review queue's cold start (the server's [queue])
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.url = url or default_url(self.data_dir)
         self.cache = ImageCache(self.data_dir / "cache")
@@ -218,7 +220,8 @@ class Store:
     def queue(self, filters: QueueFilter = QueueFilter(), limit: int = 50, offset: int = 0,
               now: float | None = None) -> tuple[list[Item], int]:
         """Items to review, best expected value first, and how many match in all."""
-        return review.queue(self.db.read(), filters, limit, offset, time.time() if now is None else now)
+        return review.queue(self.db.read(), filters, limit, offset, time.time() if now is None else now,
+                            self.queue_config)
 
     def queue_depth(self) -> int:
         return self.count("pending_review")
