@@ -34,7 +34,7 @@ import cv2
 
 from .classification import DemoError
 from .labellers import QueueLabeller, accept_prelabel, known_boxes
-from .layout import DemoConfig, Layout, agent_id
+from .layout import DemoConfig, Layout
 
 MODEL_NAME = "vehicles"
 LABELS = ("vehicle",)
