@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.manifest import Cohort
 from protocol.topics import ID_PATTERN
+from trainer.server.deps import ErrorOut, error_responses
 
 from .lineage import example_lineage
 from .mqttlink import MqttError
@@ -40,17 +41,11 @@ Version = Annotated[int, Path(ge=1, le=2**31, description="the model version")]
 router = APIRouter(tags=["models"])
 
 
-class ErrorOut(BaseModel):
-    detail: str
-
-
-API_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "no or wrong credentials"},
-    403: {"model": ErrorOut, "description": "missing CSRF token on a cookie-authenticated write"},
-    409: {"model": ErrorOut, "description": "not possible now (a round is running, nothing to roll back to...)"},
-    404: {"model": ErrorOut, "description": "no such model, or registry, publishing or rounds not configured"},
-    503: {"model": ErrorOut, "description": "the broker did not take the announcement"},
-}
+API_ERRORS = error_responses({
+    409: "not possible now (a round is running, nothing to roll back to...)",
+    404: "no such model, or registry, publishing or rounds not configured",
+    503: "the broker did not take the announcement",
+})
 
 
 def registry_of(request: Request) -> Registry:
