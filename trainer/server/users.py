@@ -131,7 +131,16 @@ def _change(request: Request, caller: Principal, action: str, target: str, fn: C
 
 
 def api_router() -> APIRouter:
+    """``/api/me``, ``/api/users`` and ``/api/audit``; roles.py says who may call each."""
     api = APIRouter(prefix="/api", tags=["users"], dependencies=[Depends(require_user)], responses=ERRORS)
+    _account_routes(api)
+    _credential_routes(api)
+    _audit_routes(api)
+    return api
+
+
+def _account_routes(api: APIRouter) -> None:
+    """The caller, the accounts, and the changes to an account's existence, role and state."""
 
     @api.get("/me", summary="the caller: name, role and how they signed in")
     def me(caller: Caller) -> dict[str, Any]:
@@ -165,6 +174,10 @@ def api_router() -> APIRouter:
         return _change(request, caller, "user_enable", name, lambda db: accounts.set_disabled(db, name, False),
                        {}).to_dict()
 
+
+def _credential_routes(api: APIRouter) -> None:
+    """An account's API token and password: each change ends what the old secret opened."""
+
     @api.post("/users/{name}/rotate-token", summary="a new API token (in the answer, once); the old one stops")
     def rotate(request: Request, name: UserName, caller: Caller) -> dict[str, Any]:
         token = _change(request, caller, "user_rotate_token", name, lambda db: accounts.rotate_token(db, name), {})
@@ -181,6 +194,10 @@ def api_router() -> APIRouter:
         request.app.state.auth.end_sessions(name, keep=request.cookies.get(COOKIE))
         return out
 
+
+def _audit_routes(api: APIRouter) -> None:
+    """The audit log that every write and refused change leaves (access.AuditLog, ``_change``)."""
+
     @api.get("/audit", summary="the audit log, newest first, with filters; page with before_id")
     def get_audit(store: StoreDep,
                   actor: Annotated[str | None, Query(max_length=64)] = None,
@@ -194,8 +211,6 @@ def api_router() -> APIRouter:
         rows, total = audit.query(db, audit.AuditQuery(actor, action, since, until, failed, before_id, limit))
         return {"entries": rows, "total": total, "actions": audit.actions(db),
                 "next_before_id": rows[-1]["id"] if len(rows) == limit else None}
-
-    return api
 
 
 # -- pages ----------------------------------------------------------------------------------------
