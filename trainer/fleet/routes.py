@@ -11,6 +11,7 @@ store and answer anyway.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -95,6 +96,15 @@ def _fleet(request: Request):
     return fleet
 
 
+@contextmanager
+def _refusals():
+    """A command or bundle the fleet refuses: its own status and reason."""
+    try:
+        yield
+    except (CommandError, BundleError) as e:
+        raise HTTPException(e.status, e.detail) from e
+
+
 def require_publisher(user: User) -> str:
     """The caller's name; commands and bundles need the publisher role, which ``require_user`` already
     checked against trainer/server/roles.py (the one table of every route's role)."""
@@ -110,19 +120,15 @@ def api_router() -> APIRouter:
 
     @api.post("/agents/{agent_id}/commands", summary="send a command to one agent and wait for its answer")
     def command_agent(request: Request, agent_id: AgentId, body: CommandIn, user: Publisher) -> dict[str, Any]:
-        try:
+        with _refusals():
             return _fleet(request).commander.to_agent(agent_id, body.action, body.args, user, body.timeout_s,
                                                       body.wait)
-        except CommandError as e:
-            raise HTTPException(e.status, e.detail) from e
 
     @api.post("/groups/{group}/commands", summary="send a command to every agent of a group")
     def command_group(request: Request, group: Group, body: CommandIn, user: Publisher) -> dict[str, Any]:
-        try:
+        with _refusals():
             return _fleet(request).commander.to_group(group, body.action, body.args, user, body.timeout_s,
                                                       body.wait)
-        except CommandError as e:
-            raise HTTPException(e.status, e.detail) from e
 
     @api.get("/commands/{command_id}", summary="one command and its outcome (sent, answered, timed_out, failed)")
     def get_command(store: StoreDep, command_id: Annotated[str, Path(pattern=ID_PATTERN)]) -> dict[str, Any]:
@@ -147,16 +153,12 @@ def api_router() -> APIRouter:
 
     @api.post("/groups/{group}/bundles", summary="sign and publish a new configuration bundle for a group")
     def push_bundle(request: Request, group: Group, body: BundleIn, user: Publisher) -> dict[str, Any]:
-        try:
+        with _refusals():
             return _fleet(request).bundles.push(group, body.settings, user, body.note)
-        except BundleError as e:
-            raise HTTPException(e.status, e.detail) from e
 
     @api.post("/groups/{group}/bundles/rollback", summary="re-publish an earlier bundle as a new version")
     def rollback_bundle(request: Request, group: Group, body: RollbackIn, user: Publisher) -> dict[str, Any]:
-        try:
+        with _refusals():
             return _fleet(request).bundles.rollback(group, user, body.to)
-        except BundleError as e:
-            raise HTTPException(e.status, e.detail) from e
 
     return api
