@@ -14,16 +14,14 @@ agent that restarts months later; the version order already stops replays.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import ProtocolError
 from .fields import Fields
-from .manifest import canonical_json
 from .messages import MAX_BUNDLE
+from .signed import canonical_json, check_signature, json_object
 from .topics import ID_RE
 
 
@@ -46,13 +44,7 @@ def parse_bundle(data: bytes) -> Bundle:
     """Structure only: does not check the signature (see verify_bundle) nor the settings' meaning."""
     if len(data) > MAX_BUNDLE:
         raise ProtocolError("bad_bundle", f"bundle of {len(data)} bytes > {MAX_BUNDLE}")
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ProtocolError("bad_bundle", f"not JSON: {e}") from e
-    if not isinstance(obj, dict):
-        raise ProtocolError("bad_bundle", "a bundle must be a JSON object")
-    f = Fields("bundle", obj)
+    f = Fields("bundle", json_object(data, "bad_bundle", "a bundle"))
     return Bundle(group=f.text("group", pattern=ID_RE), version=f.integer("version", 1, 2**31),
                   settings=f.mapping("settings", 32), created=f.integer("created", 0, 2**33),
                   parent_version=f.integer("parent_version", 0, 2**31, 0), note=f.text("note", 512, default="", prose=True),
@@ -72,13 +64,6 @@ def verify_bundle(data: bytes, signature: bytes, keys: list[Ed25519PublicKey]) -
         raise ProtocolError("unsigned", "the bundle carries no signature")
     if not keys:
         raise ProtocolError("no_trusted_keys", "this agent trusts no signing key (updates.trusted_keys)")
-    for key in keys:
-        try:
-            key.verify(signature, data)
-            break
-        except InvalidSignature:
-            continue
-    else:
-        raise ProtocolError("bad_signature", "bundle signature does not match any trusted key")
+    check_signature(data, signature, keys, "bundle")
     return parse_bundle(data)
 

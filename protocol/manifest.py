@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import ProtocolError
 from .fields import Fields
+from .signed import canonical_json, check_signature, json_object
 from .topics import ID_RE
 
 SHA256_HEX = 64
@@ -70,20 +69,9 @@ class Manifest:
         return d
 
 
-def canonical_json(obj: object) -> bytes:
-    """Sorted keys, no spaces, ASCII: one byte string per value."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
-
-
 def parse_manifest(data: bytes) -> Manifest:
     """Structure only: does not check the signature (see verify)."""
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ProtocolError("bad_manifest", f"not JSON: {e}") from e
-    if not isinstance(obj, dict):
-        raise ProtocolError("bad_manifest", "manifest must be a JSON object")
-    f = Fields("manifest", obj)
+    f = Fields("manifest", json_object(data, "bad_manifest", "manifest"))
     sha = f.text("sha256", SHA256_HEX)
     if len(sha) != SHA256_HEX or any(c not in "0123456789abcdef" for c in sha):
         raise ProtocolError("bad_manifest", "manifest.sha256 must be 64 lowercase hex digits")
@@ -108,14 +96,7 @@ def sign(manifest: Manifest, key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
 
 def verify(data: bytes, signature: bytes, keys: list[Ed25519PublicKey], now: float | None = None) -> Manifest:
     """Check the signature against any trusted key, then the expiry; return the manifest."""
-    for key in keys:
-        try:
-            key.verify(signature, data)
-            break
-        except InvalidSignature:
-            continue
-    else:
-        raise ProtocolError("bad_signature", "manifest signature does not match any trusted key")
+    check_signature(data, signature, keys, "manifest")
     manifest = parse_manifest(data)
     now = time.time() if now is None else now
     if manifest.expires <= now:

@@ -54,3 +54,32 @@ def test_headless_demo_runs_rounds_and_updates_every_agent(tmp_path):
     # model is at least the last one the summary saw published.
     resumed = re.search(r"resuming: fleet model shapes v(\d+)", again.stdout)
     assert resumed and int(resumed.group(1)) >= published[-1]["model_version"], again.stdout[-2000:]
+
+
+@pytest.mark.parametrize("task", ["classification", "detection"])
+@pytest.mark.parametrize("source", [None, "/videos/road.avi"])
+def test_demo_agent_configs_load_as_the_agent_reads_them(tmp_path, task, source):
+    """Both tasks' agent configs come from one template: each is strict-valid and says what its task needs."""
+    import tomllib
+    from pathlib import Path
+
+    from agent.config import parse_config
+    from edgeloop.demo.classification import ClassificationTask
+    from edgeloop.demo.detection import DetectionTask
+    from edgeloop.demo.layout import DemoConfig, Layout
+
+    cfg = DemoConfig(data=tmp_path, agents=2, source=source, seed=4, task=task)
+    demo_task = (ClassificationTask if task == "classification" else DetectionTask)(cfg, Layout(tmp_path))
+    for i in range(2):
+        agent = parse_config(tomllib.loads(demo_task.agent_config(i, 1884, Path("/m/first.onnx"))), tmp_path)
+        assert agent.agent_id == f"demo-agent-{i + 1}" and agent.mqtt.port == 1884
+        assert agent.model.name == demo_task.model_name and agent.model.path == Path("/m/first.onnx")
+        assert agent.sampling.seed == 4 + i and agent.data_dir == tmp_path / "agents" / agent.agent_id
+        assert agent.updates.trusted_key_files == [tmp_path / "keys" / "signing_key.pub.pem"]
+        (camera,) = agent.cameras
+        names = [s.name for s in agent.sampling.strategies]
+        if task == "detection":
+            assert agent.model.intra_op_threads == 1 and "flicker" in names and camera.on_eof == "loop"
+            assert camera.source == source if source else camera.source.endswith(f"highway_video{i + 1}.avi")
+        else:
+            assert names == ["margin", "random"] and camera.source == (source or "synthetic")

@@ -54,22 +54,23 @@ def _toml(value: object) -> str:
     return json.dumps(str(value) if isinstance(value, Path) else value)
 
 
-def agent_config_text(cfg: DemoConfig, layout: Layout, i: int, broker_port: int, initial_model: Path) -> str:
-    aid = agent_id(i)
-    data_dir = layout.agent_dir(i)
-    if cfg.source:
-        camera = f"[[cameras]]\nid = \"cam\"\nsource = {_toml(cfg.source)}\non_eof = \"loop\"\nmax_fps = {cfg.camera_fps}\n"
-    else:
-        camera = (
-            "[[cameras]]\nid = \"cam\"\nsource = \"synthetic\"\n"
-            "[cameras.synthetic]\n"
-            f"seed = {camera_seed(cfg.seed, i)}\nwidth = {CAMERA_W}\nheight = {CAMERA_H}\n"
-            f"fps = {cfg.camera_fps}\ndrift_per_frame = {1.0 / DRIFT_FRAMES!r}\nmax_shapes = {MAX_SHAPES}\n"
-        )
-    return f"""# Written by `edgeloop demo`; rewritten on every run.
-agent_id = "{aid}"
+def video_camera(source: str, fps: float) -> str:
+    """The ``[[cameras]]`` table of an agent reading a video, stream or camera, looping at its end."""
+    return f"[[cameras]]\nid = \"cam\"\nsource = {_toml(source)}\non_eof = \"loop\"\nmax_fps = {fps}\n"
+
+
+def agent_toml(cfg: DemoConfig, layout: Layout, i: int, broker_port: int, model_path: Path, *, command: str,
+               model_name: str, camera: str, sampling: str, model_extra: str = "") -> str:
+    """Agent ``i``'s config.toml: the one template of every demo task.
+
+    ``camera`` is the ``[[cameras]]`` table, ``sampling`` the ``[sampling]`` lines but its seed
+    (each agent gets ``cfg.seed + i``), ``model_extra`` lines added to ``[model]``; each ends in a
+    newline.
+    """
+    return f"""# Written by `{command}`; rewritten on every run.
+agent_id = "{agent_id(i)}"
 groups = ["demo"]
-data_dir = {_toml(data_dir)}
+data_dir = {_toml(layout.agent_dir(i))}
 
 [mqtt]
 host = "127.0.0.1"
@@ -80,18 +81,31 @@ receipt_timeout_s = 15.0
 telemetry_period_s = 2.0
 
 [model]
-name = "{MODEL_NAME}"
-path = {_toml(initial_model)}
-
+name = "{model_name}"
+path = {_toml(model_path)}
+{model_extra}
 {camera}
 [sampling]
-strategies = [{{ name = "margin", threshold = 0.3 }}, {{ name = "random", rate = 0.01 }}]
-per_minute = 40
-per_hour = 2000
-dedup_hamming = 3
-seed = {cfg.seed + i}
+{sampling}seed = {cfg.seed + i}
 
 [updates]
 trusted_key_files = [{_toml(layout.public_key)}]
 allow_http = true
 """
+
+
+def agent_config_text(cfg: DemoConfig, layout: Layout, i: int, broker_port: int, initial_model: Path) -> str:
+    """A shapes agent: the synthetic drifting camera unless ``--source`` names a real one."""
+    if cfg.source:
+        camera = video_camera(cfg.source, cfg.camera_fps)
+    else:
+        camera = (
+            "[[cameras]]\nid = \"cam\"\nsource = \"synthetic\"\n"
+            "[cameras.synthetic]\n"
+            f"seed = {camera_seed(cfg.seed, i)}\nwidth = {CAMERA_W}\nheight = {CAMERA_H}\n"
+            f"fps = {cfg.camera_fps}\ndrift_per_frame = {1.0 / DRIFT_FRAMES!r}\nmax_shapes = {MAX_SHAPES}\n"
+        )
+    sampling = ('strategies = [{ name = "margin", threshold = 0.3 }, { name = "random", rate = 0.01 }]\n'
+                "per_minute = 40\nper_hour = 2000\ndedup_hamming = 3\n")
+    return agent_toml(cfg, layout, i, broker_port, initial_model, command="edgeloop demo", model_name=MODEL_NAME,
+                      camera=camera, sampling=sampling)

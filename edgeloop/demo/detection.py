@@ -34,7 +34,7 @@ import cv2
 
 from .classification import DemoError
 from .labellers import QueueLabeller, accept_prelabel, known_boxes
-from .layout import DemoConfig, Layout, agent_id
+from .layout import DemoConfig, Layout
 
 MODEL_NAME = "vehicles"
 LABELS = ("vehicle",)
@@ -174,47 +174,16 @@ class DetectionTask:
         )
 
     def agent_config(self, i: int, broker_port: int, model_path: Path) -> str:
-        from .configs import _toml
+        from .configs import agent_toml, video_camera
 
-        source = self.sources()[i]
-        return f"""# Written by `edgeloop demo --task detection`; rewritten on every run.
-agent_id = "{agent_id(i)}"
-groups = ["demo"]
-data_dir = {_toml(self.layout.agent_dir(i))}
-
-[mqtt]
-host = "127.0.0.1"
-port = {broker_port}
-
-[uplink]
-receipt_timeout_s = 15.0
-telemetry_period_s = 2.0
-
-[model]
-name = "{MODEL_NAME}"
-path = {_toml(model_path)}
-intra_op_threads = 1
-
-[[cameras]]
-id = "cam"
-source = {_toml(source)}
-on_eof = "loop"
-max_fps = {self.cfg.camera_fps}
-
-[sampling]
-strategies = [{{ name = "threshold_band", low = 0.15, high = 0.45 }},
-              {{ name = "band_count", low = 0.15, high = 0.45, min_count = 2 }},
-              {{ name = "flicker", min_score = 0.3 }}, {{ name = "random", rate = 0.01 }}]
-per_minute = {SAMPLES_PER_MINUTE}
-per_hour = 2000
-dedup_hamming = 1
-dedup_window = 5000
-seed = {self.cfg.seed + i}
-
-[updates]
-trusted_key_files = [{_toml(self.layout.public_key)}]
-allow_http = true
-"""
+        sampling = ('strategies = [{ name = "threshold_band", low = 0.15, high = 0.45 },\n'
+                    '              { name = "band_count", low = 0.15, high = 0.45, min_count = 2 },\n'
+                    '              { name = "flicker", min_score = 0.3 }, { name = "random", rate = 0.01 }]\n'
+                    f"per_minute = {SAMPLES_PER_MINUTE}\nper_hour = 2000\ndedup_hamming = 1\ndedup_window = 5000\n")
+        return agent_toml(self.cfg, self.layout, i, broker_port, model_path,
+                          command="edgeloop demo --task detection", model_name=MODEL_NAME,
+                          camera=video_camera(self.sources()[i], self.cfg.camera_fps),
+                          sampling=sampling, model_extra="intra_op_threads = 1\n")
 
     # -- data and labels --------------------------------------------------------------
     def initial_examples(self, status: str) -> list:

@@ -11,6 +11,7 @@ store and answer anyway.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol import Command
 from protocol.topics import ID_PATTERN
 from trainer.server.auth import require_user
+from trainer.server.deps import StoreDep, User, error_responses
 
 from . import records
 from .bundles import BundleError
@@ -30,17 +32,11 @@ Action = Literal[Command.ACTIONS]  # type: ignore[valid-type]
 Scalar = bool | Annotated[int, Field(ge=-2**63, le=2**63 - 1)] | float | Annotated[str, Field(max_length=1024)] | None
 
 
-class ErrorOut(BaseModel):
-    detail: str
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "no or wrong credentials"},
-    403: {"model": ErrorOut, "description": "missing CSRF token on a cookie-authenticated write"},
-    404: {"model": ErrorOut, "description": "no such agent, group, command or bundle; or the fleet side is off"},
-    409: {"model": ErrorOut, "description": "not possible now (nothing to roll back to...)"},
-    503: {"model": ErrorOut, "description": "the broker is not connected or did not take the message"},
-}
+ERRORS = error_responses({
+    404: "no such agent, group, command or bundle; or the fleet side is off",
+    409: "not possible now (nothing to roll back to...)",
+    503: "the broker is not connected or did not take the message",
+})
 
 
 class CommandIn(BaseModel):
@@ -66,10 +62,6 @@ class RollbackIn(BaseModel):
     to: int | None = Field(None, ge=1, le=2**31, description="the version to go back to (default: the previous)")
 
 
-def _store(request: Request):
-    return request.app.state.service.store
-
-
 def _live(request: Request) -> dict[str, dict]:
     """What agents' last Statuses say (tags, applied bundle); empty without the fleet service."""
     fleet = getattr(request.app.state.service, "fleet", None)
@@ -90,9 +82,8 @@ def groups_view(store, live: dict[str, dict]) -> list[dict[str, Any]]:
     return out
 
 
-def _commands(request: Request, **query) -> list[dict[str, Any]]:
+def _commands(store, **query) -> list[dict[str, Any]]:
     """Commands from the store, past deadlines marked timed_out first (works without the fleet service)."""
-    store = _store(request)
     store.db.write(lambda db: records.expire(db, time.time()))
     return records.commands(store.db.read(), **query)
 
@@ -105,7 +96,16 @@ def _fleet(request: Request):
     return fleet
 
 
-def require_publisher(user: str = Depends(require_user)) -> str:
+@contextmanager
+def _refusals():
+    """A command or bundle the fleet refuses: its own status and reason."""
+    try:
+        yield
+    except (CommandError, BundleError) as e:
+        raise HTTPException(e.status, e.detail) from e
+
+
+def require_publisher(user: User) -> str:
     """The caller's name; commands and bundles need the publisher role, which ``require_user`` already
     checked against trainer/server/roles.py (the one table of every route's role)."""
     return user
@@ -120,54 +120,45 @@ def api_router() -> APIRouter:
 
     @api.post("/agents/{agent_id}/commands", summary="send a command to one agent and wait for its answer")
     def command_agent(request: Request, agent_id: AgentId, body: CommandIn, user: Publisher) -> dict[str, Any]:
-        try:
+        with _refusals():
             return _fleet(request).commander.to_agent(agent_id, body.action, body.args, user, body.timeout_s,
                                                       body.wait)
-        except CommandError as e:
-            raise HTTPException(e.status, e.detail) from e
 
     @api.post("/groups/{group}/commands", summary="send a command to every agent of a group")
     def command_group(request: Request, group: Group, body: CommandIn, user: Publisher) -> dict[str, Any]:
-        try:
+        with _refusals():
             return _fleet(request).commander.to_group(group, body.action, body.args, user, body.timeout_s,
                                                       body.wait)
-        except CommandError as e:
-            raise HTTPException(e.status, e.detail) from e
 
     @api.get("/commands/{command_id}", summary="one command and its outcome (sent, answered, timed_out, failed)")
-    def get_command(request: Request,
-                    command_id: Annotated[str, Path(pattern=ID_PATTERN)]) -> dict[str, Any]:
-        found = _commands(request, command_ids=[command_id], limit=1)
+    def get_command(store: StoreDep, command_id: Annotated[str, Path(pattern=ID_PATTERN)]) -> dict[str, Any]:
+        found = _commands(store, command_ids=[command_id], limit=1)
         if not found:
             raise HTTPException(404, f"no command {command_id!r}")
         return found[0]
 
     @api.get("/commands", summary="recent commands, newest first")
-    def list_commands(request: Request, agent_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    def list_commands(store: StoreDep, agent_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
                       batch: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
                       limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
-        return _commands(request, agent_id=agent_id, batch=batch, limit=limit)
+        return _commands(store, agent_id=agent_id, batch=batch, limit=limit)
 
     @api.get("/groups", summary="agent groups with their agents (tags, applied bundle) and current bundle")
-    def list_groups(request: Request) -> list[dict[str, Any]]:
-        return groups_view(_store(request), _live(request))
+    def list_groups(request: Request, store: StoreDep) -> list[dict[str, Any]]:
+        return groups_view(store, _live(request))
 
     @api.get("/groups/{group}/bundles", summary="a group's configuration bundles, newest first")
-    def list_bundles(request: Request, group: Group) -> list[dict[str, Any]]:
-        return records.bundles(_store(request).db.read(), group)
+    def list_bundles(store: StoreDep, group: Group) -> list[dict[str, Any]]:
+        return records.bundles(store.db.read(), group)
 
     @api.post("/groups/{group}/bundles", summary="sign and publish a new configuration bundle for a group")
     def push_bundle(request: Request, group: Group, body: BundleIn, user: Publisher) -> dict[str, Any]:
-        try:
+        with _refusals():
             return _fleet(request).bundles.push(group, body.settings, user, body.note)
-        except BundleError as e:
-            raise HTTPException(e.status, e.detail) from e
 
     @api.post("/groups/{group}/bundles/rollback", summary="re-publish an earlier bundle as a new version")
     def rollback_bundle(request: Request, group: Group, body: RollbackIn, user: Publisher) -> dict[str, Any]:
-        try:
+        with _refusals():
             return _fleet(request).bundles.rollback(group, user, body.to)
-        except BundleError as e:
-            raise HTTPException(e.status, e.detail) from e
 
     return api

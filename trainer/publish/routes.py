@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+from contextlib import contextmanager
 from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.manifest import Cohort
 from protocol.topics import ID_PATTERN
+from trainer.server.deps import ErrorOut, error_responses
 
 from .lineage import example_lineage
 from .mqttlink import MqttError
@@ -40,17 +42,11 @@ Version = Annotated[int, Path(ge=1, le=2**31, description="the model version")]
 router = APIRouter(tags=["models"])
 
 
-class ErrorOut(BaseModel):
-    detail: str
-
-
-API_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "no or wrong credentials"},
-    403: {"model": ErrorOut, "description": "missing CSRF token on a cookie-authenticated write"},
-    409: {"model": ErrorOut, "description": "not possible now (a round is running, nothing to roll back to...)"},
-    404: {"model": ErrorOut, "description": "no such model, or registry, publishing or rounds not configured"},
-    503: {"model": ErrorOut, "description": "the broker did not take the announcement"},
-}
+API_ERRORS = error_responses({
+    409: "not possible now (a round is running, nothing to roll back to...)",
+    404: "no such model, or registry, publishing or rounds not configured",
+    503: "the broker did not take the announcement",
+})
 
 
 def registry_of(request: Request) -> Registry:
@@ -143,13 +139,46 @@ def _rounds(request: Request):
     return rounds
 
 
+@contextmanager
+def _not_found():
+    """A model the registry does not hold is a 404."""
+    try:
+        yield
+    except ModelNotFound as e:
+        raise HTTPException(404, str(e)) from e
+
+
+@contextmanager
+def _announcing():
+    """What stops an announcement, as HTTP: the broker (503), no such model (404), not possible now (409)."""
+    try:
+        yield
+    except MqttError as e:
+        raise HTTPException(503, f"the broker did not take the announcement: {e}") from e
+    except (RegistryError, PublishError) as e:
+        raise HTTPException(404 if isinstance(e, ModelNotFound) else 409, str(e)) from e
+
+
 def api_router(require_user: Callable[..., str] | None = None) -> APIRouter:
-    """The ``/api/models`` routes, protected by ``require_user`` (default: the server's auth)."""
+    """The ``/api/models`` routes, protected by ``require_user`` (default: the server's auth).
+
+    Declared in this order because the first matching route wins: ``rounds``, ``by-example`` and
+    ``rollout`` before the ``/{name}/{version}`` templates that would take them for a name or version.
+    """
     if require_user is None:
         from trainer.server.auth import require_user
     api = APIRouter(prefix="/api/models", tags=["models"], dependencies=[Depends(require_user)],
                     responses=API_ERRORS)
     _round_routes(api, require_user)
+    _model_routes(api)
+    _rollout_routes(api, require_user)
+    _version_routes(api)
+    _publish_routes(api, require_user)
+    return api
+
+
+def _model_routes(api: APIRouter) -> None:
+    """Reading the registry across versions: the list, an example's lineage, two versions compared."""
 
     @api.get("", summary="every registered model, newest first")
     def list_models(registry: RegistryDep,
@@ -166,46 +195,42 @@ def api_router(require_user: Callable[..., str] | None = None) -> APIRouter:
     @api.get("/{name}/compare", summary="two versions side by side: metrics, per-class metrics, config")
     def compare(registry: RegistryDep, name: Name, a: Annotated[int, Query(ge=1, le=2**31)],
                 b: Annotated[int, Query(ge=1, le=2**31)]) -> dict[str, Any]:
-        try:
+        with _not_found():
             left, right = registry.get(name, a), registry.get(name, b)
-        except ModelNotFound as e:
-            raise HTTPException(404, str(e)) from e
         delta = {k: right.metrics[k] - left.metrics[k] for k in left.metrics
                  if isinstance(left.metrics.get(k), (int, float)) and isinstance(right.metrics.get(k), (int, float))}
         return {"a": _model(left, True), "b": _model(right, True), "metric_delta": delta}
 
-    _rollout_routes(api, require_user)  # before "/{name}/{version}": "rollout" is no version
+
+def _version_routes(api: APIRouter) -> None:
+    """One version: its record, announcements and events; the examples it was trained and tested on."""
 
     @api.get("/{name}/{version}", summary="one model with its announcements and events")
     def get_model(registry: RegistryDep, name: Name, version: Version) -> dict[str, Any]:
-        try:
+        with _not_found():
             m = registry.get(name, version)
-        except ModelNotFound as e:
-            raise HTTPException(404, str(e)) from e
         return {**_model(m, True), "publications": [_publication(p) for p in registry.publications(name, version)],
                 "events": registry.events(name, version)}
 
     @api.get("/{name}/{version}/examples", summary="lineage: the examples a model was trained and tested on")
     def model_examples(registry: RegistryDep, name: Name, version: Version) -> dict[str, str]:
-        try:
+        with _not_found():
             return registry.examples_of(name, version)
-        except ModelNotFound as e:
-            raise HTTPException(404, str(e)) from e
+
+
+def _publish_routes(api: APIRouter, require_user: Callable[..., str]) -> None:
+    """Announcing a version (staged, or to a cohort at once) and rolling back to an earlier one."""
 
     @api.post("/{name}/{version}/publish", status_code=202, summary="publish a version (staged or to a cohort)")
     def publish(request: Request, name: Name, version: Version, body: PublishIn,
                 user: str = Depends(require_user)) -> dict[str, Any]:
         svc = _service(request)
-        try:
+        with _announcing():
             svc.registry.get(name, version)
             if body.staged:
                 svc.controller.roll_out_async(name, version)
                 return {"name": name, "version": version, "staged": True}
             p = svc.controller.publish(name, version, body.cohort.cohort())
-        except MqttError as e:
-            raise HTTPException(503, f"the broker did not take the announcement: {e}") from e
-        except (RegistryError, PublishError) as e:
-            raise HTTPException(404 if isinstance(e, ModelNotFound) else 409, str(e)) from e
         log.info("%s published %s v%d to %s", user, name, version, body.cohort.stage)
         return {"name": name, "version": version, "staged": False, "url": p.announcement.url}
 
@@ -213,16 +238,10 @@ def api_router(require_user: Callable[..., str] | None = None) -> APIRouter:
     def rollback(request: Request, name: Name, body: RollbackIn,
                  user: str = Depends(require_user)) -> dict[str, Any]:
         svc = _service(request)
-        try:
+        with _announcing():
             p = svc.controller.rollback(name, body.to)
-        except MqttError as e:
-            raise HTTPException(503, f"the broker did not take the announcement: {e}") from e
-        except (RegistryError, PublishError) as e:
-            raise HTTPException(404 if isinstance(e, ModelNotFound) else 409, str(e)) from e
         log.warning("%s rolled %s back: v%d (%s)", user, name, p.record.version, p.record.note)
         return {"name": name, "version": p.record.version, "note": p.record.note}
-
-    return api
 
 
 def _round_routes(api: APIRouter, require_user: Callable[..., str]) -> None:

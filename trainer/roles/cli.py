@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from trainer.server.config import ConfigError, ServerConfig, load_config
@@ -84,18 +82,8 @@ def run(args: argparse.Namespace, role: str) -> int:
     except (ConfigError, RoleError, ValueError) as e:
         print(e, file=sys.stderr)
         return 1 if args.check_config else 2
-    from trainer.server.service import Service
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    service = Service(config).start()
+    from trainer.server.service import run_until_signal
     from trainer.store.backends import redact
 
-    print(f"edgeloop {role}: store {redact(config.store.store_url())}, broker {config.mqtt.host}:{config.mqtt.port}",
-          flush=True)
-    try:
-        stop.wait()
-    finally:
-        service.stop()
-    return 0
+    return run_until_signal(config, f"edgeloop {role}: store {redact(config.store.store_url())}, "
+                                    f"broker {config.mqtt.host}:{config.mqtt.port}")

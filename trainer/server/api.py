@@ -12,11 +12,10 @@ from trainer.store import Conflict, InvalidLabel, NotFound, QueueFilter, Store
 
 from . import schemas as s
 from .auth import COOKIE, Auth, RateLimited, bearer, client_address, require_user, safe_next
+from .deps import StoreDep, User, error_responses
 from .metrics import render as render_metrics
 
-User = Annotated[str, Depends(require_user)]
-ERRORS = {401: {"model": s.ErrorOut, "description": "no or wrong credentials"},
-          403: {"model": s.ErrorOut, "description": "missing X-CSRF-Token on a cookie-authenticated write"}}
+ERRORS = error_responses({}, forbidden="missing X-CSRF-Token on a cookie-authenticated write")
 NOT_FOUND = {404: {"model": s.ErrorOut, "description": "no such item"}}
 ID_MAX = 2**62
 SHORT = dict(max_length=64)
@@ -24,13 +23,6 @@ ItemId = Annotated[int, Path(ge=1, le=ID_MAX, description="the item (example) id
 
 router = APIRouter(prefix="/api", responses=ERRORS)
 public = APIRouter()
-
-
-def store_of(request: Request) -> Store:
-    return request.app.state.service.store
-
-
-StoreDep = Annotated[Store, Depends(store_of)]
 
 
 def _item(store: Store, item_id: int) -> s.ItemOut:

@@ -108,6 +108,22 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
         if generated:
             log.warning("no token configured; generated one for this run: %s", token)
     service = Service(config)
+    app = FastAPI(title="edgeloop server", version="1", lifespan=_lifespan(service), docs_url=None, redoc_url=None,
+                  openapi_url=None,
+                  description="Error queue, labelling, dataset and fleet API of the edgeloop collector. "
+                              "Authenticate with `Authorization: Bearer <token>` or a session from "
+                              "`POST /api/login` (then send `X-CSRF-Token` on writes).")
+    app.state.service = service
+    app.state.auth = Auth(token, config.http)
+    _include_routes(app, config)
+    _document_rate_limit(app)
+    _add_error_handlers(app)
+    _add_middleware(app, config)
+    return app
+
+
+def _lifespan(service: Service):
+    """The app's lifespan: the service (store, collector, rounds, publishing) runs while the app serves."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -119,14 +135,11 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
             yield
         finally:
             service.stop()
+    return lifespan
 
-    app = FastAPI(title="edgeloop server", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None,
-                  description="Error queue, labelling, dataset and fleet API of the edgeloop collector. "
-                              "Authenticate with `Authorization: Bearer <token>` or a session from "
-                              "`POST /api/login` (then send `X-CSRF-Token` on writes).")
-    app.state.service = service
-    app.state.auth = Auth(token, config.http)
+
+def _include_routes(app: FastAPI, config: ServerConfig) -> None:
+    """Every router, in the order their routes are matched; the pages and static files last."""
     app.include_router(api.router)
     app.include_router(api_data.router)
     app.include_router(api_assist.router)
@@ -158,7 +171,9 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
         app.include_router(pages.router)
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    _document_rate_limit(app)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     try:  # the PostgreSQL driver is optional (SQLite-only installs)
         from psycopg import DataError
@@ -166,10 +181,13 @@ def create_app(config: ServerConfig, token: str | None = None) -> FastAPI:
         pass
     else:
         app.add_exception_handler(DataError, data_error_handler)
+
+
+def _add_middleware(app: FastAPI, config: ServerConfig) -> None:
+    """Added innermost first: a request passes SecurityHeaders, BodyLimit, StrictJson, then AuditLog."""
     from .access import AuditLog
 
     app.add_middleware(AuditLog)  # one audit row per write (roles.py names the action), after StrictJson
     app.add_middleware(StrictJson)  # inside BodyLimit: it reads bodies that were already bounded
     app.add_middleware(BodyLimit, limit=config.http.max_body_bytes)
     app.add_middleware(SecurityHeaders)  # outermost: the 413 of BodyLimit gets the headers too
-    return app

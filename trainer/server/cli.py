@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from .config import MQTT_PASSWORD_ENV, TOKEN_ENV, ConfigError, ServerConfig, load_config, resolve_token
@@ -109,19 +107,10 @@ def _serve(config: ServerConfig, token: str, generated: bool) -> int:
 
 
 def _collector_only(config: ServerConfig) -> int:
-    from .service import Service
+    from .service import run_until_signal
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    service = Service(config).start()
-    print(f"edgeloop collector: store {config.store.data_dir}, broker {config.mqtt.host}:{config.mqtt.port}",
-          flush=True)
-    try:
-        stop.wait()
-    finally:
-        service.stop()
-    return 0
+    return run_until_signal(config, f"edgeloop collector: store {config.store.data_dir}, "
+                                    f"broker {config.mqtt.host}:{config.mqtt.port}")
 
 
 def main(argv: list[str] | None = None) -> int:

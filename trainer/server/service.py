@@ -1,8 +1,14 @@
-"""What the server process owns besides HTTP: the store, the metrics and the collector."""
+"""What the server process owns besides HTTP: the store, the metrics and the collector.
+
+``run_until_signal`` runs a Service as a process without HTTP (``edgeloop server`` with
+``[http] enabled = false``, ``edgeloop collector``, ``edgeloop worker``): the main thread waits on
+an event that SIGINT or SIGTERM sets, then stops the service's threads.
+"""
 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 
 from trainer.store import Store
@@ -139,3 +145,17 @@ class Service:
         if self.store:
             self.store.close()
             self.store = None
+
+
+def run_until_signal(config: ServerConfig, banner: str) -> int:
+    """Start a Service, print ``banner``, and stop it on SIGINT or SIGTERM (call from the main thread)."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    service = Service(config).start()
+    print(banner, flush=True)
+    try:
+        stop.wait()
+    finally:
+        service.stop()
+    return 0

@@ -20,21 +20,15 @@ from trainer.store import accounts, audit
 
 from .access import BOOTSTRAP_RETIRED, Principal, bootstrap_open, client_address, page_principal, store_of
 from .auth import require_user
+from .deps import StoreDep, User, error_responses
 
 UserName = Annotated[str, Path(pattern=accounts.NAME_RE.pattern, description="the account name")]
 RoleName = Literal["viewer", "reviewer", "publisher", "admin"]
 
 
-class ErrorOut(BaseModel):
-    detail: str
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "no or wrong credentials"},
-    403: {"model": ErrorOut, "description": "the caller's role is too low, or a missing CSRF token"},
-    404: {"model": ErrorOut, "description": "no such user"},
-    409: {"model": ErrorOut, "description": "the name is taken, or the change would leave no enabled admin"},
-}
+ERRORS = error_responses({404: "no such user",
+                          409: "the name is taken, or the change would leave no enabled admin"},
+                         forbidden="the caller's role is too low, or a missing CSRF token")
 
 
 class LoginRefused(Exception):
@@ -61,7 +55,7 @@ class PasswordIn(BaseModel):
     password: str = Field(min_length=accounts.MIN_PASSWORD, max_length=accounts.MAX_PASSWORD)
 
 
-def _principal(request: Request, _name: str = Depends(require_user)) -> Principal:
+def _principal(request: Request, _name: User) -> Principal:
     return request.state.principal
 
 
@@ -137,15 +131,24 @@ def _change(request: Request, caller: Principal, action: str, target: str, fn: C
 
 
 def api_router() -> APIRouter:
+    """``/api/me``, ``/api/users`` and ``/api/audit``; roles.py says who may call each."""
     api = APIRouter(prefix="/api", tags=["users"], dependencies=[Depends(require_user)], responses=ERRORS)
+    _account_routes(api)
+    _credential_routes(api)
+    _audit_routes(api)
+    return api
+
+
+def _account_routes(api: APIRouter) -> None:
+    """The caller, the accounts, and the changes to an account's existence, role and state."""
 
     @api.get("/me", summary="the caller: name, role and how they signed in")
     def me(caller: Caller) -> dict[str, Any]:
         return {"name": caller.name, "role": caller.role.label, "via": caller.via}
 
     @api.get("/users", summary="every account (no secrets)")
-    def list_users(request: Request) -> list[dict[str, Any]]:
-        return [a.to_dict() for a in accounts.all_accounts(store_of(request).db.read())]
+    def list_users(store: StoreDep) -> list[dict[str, Any]]:
+        return [a.to_dict() for a in accounts.all_accounts(store.db.read())]
 
     @api.post("/users", status_code=201, summary="add an account; its API token is in the answer, once")
     def add_user(request: Request, body: UserIn, caller: Caller) -> dict[str, Any]:
@@ -171,6 +174,10 @@ def api_router() -> APIRouter:
         return _change(request, caller, "user_enable", name, lambda db: accounts.set_disabled(db, name, False),
                        {}).to_dict()
 
+
+def _credential_routes(api: APIRouter) -> None:
+    """An account's API token and password: each change ends what the old secret opened."""
+
     @api.post("/users/{name}/rotate-token", summary="a new API token (in the answer, once); the old one stops")
     def rotate(request: Request, name: UserName, caller: Caller) -> dict[str, Any]:
         token = _change(request, caller, "user_rotate_token", name, lambda db: accounts.rotate_token(db, name), {})
@@ -187,8 +194,12 @@ def api_router() -> APIRouter:
         request.app.state.auth.end_sessions(name, keep=request.cookies.get(COOKIE))
         return out
 
+
+def _audit_routes(api: APIRouter) -> None:
+    """The audit log that every write and refused change leaves (access.AuditLog, ``_change``)."""
+
     @api.get("/audit", summary="the audit log, newest first, with filters; page with before_id")
-    def get_audit(request: Request,
+    def get_audit(store: StoreDep,
                   actor: Annotated[str | None, Query(max_length=64)] = None,
                   action: Annotated[str | None, Query(max_length=64)] = None,
                   since: Annotated[float | None, Query(ge=0, le=1e11)] = None,
@@ -196,12 +207,10 @@ def api_router() -> APIRouter:
                   failed: bool | None = None,
                   before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
                   limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
-        db = store_of(request).db.read()
+        db = store.db.read()
         rows, total = audit.query(db, audit.AuditQuery(actor, action, since, until, failed, before_id, limit))
         return {"entries": rows, "total": total, "actions": audit.actions(db),
                 "next_before_id": rows[-1]["id"] if len(rows) == limit else None}
-
-    return api
 
 
 # -- pages ----------------------------------------------------------------------------------------
