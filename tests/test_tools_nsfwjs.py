@@ -119,3 +119,10 @@ def test_a_package_of_another_kind_is_refused(tmp_path: Path, capsys):
     assert "epsilon" in capsys.readouterr().err and not (tmp_path / "w.pt").exists()
     with pytest.raises(tool.ConversionError, match="cannot read"):
         tool.read_package(tmp_path / "nothing")
+
+
+def test_the_tools_docs_training_names_exist():
+    root = Path(__file__).resolve().parents[1]
+    named = set(re.findall(r"tools/[\w./-]+\.(?:py|js)", (root / "docs" / "training.md").read_text()))
+    assert {"tools/nsfwjs_mobilenet_v2.py", "tools/nsfwjs_check.py"} <= named
+    assert all((root / path).exists() for path in named), named
