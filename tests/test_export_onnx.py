@@ -113,7 +113,7 @@ def test_torchvision_detector_export_is_checked_detection_by_detection(tmp_path:
 
 
 @pytest.mark.parametrize("name, size, dim", [("small_cnn", 32, 128), ("tiny_det", 64, 64),
-                                             ("mobilenet_v3_small", 64, 128)])
+                                             ("mobilenet_v3_small", 64, 128), ("mobilenet_v2", 64, 128)])
 def test_exported_models_output_a_named_compact_embedding(tmp_path: Path, name: str, size: int, dim: int):
     """The second output: pooled features, projected to <= 128 dims, unit length, named in the card,
     the same in onnxruntime as in torch, and the agent's runner returns it with each prediction."""

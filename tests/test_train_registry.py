@@ -25,17 +25,31 @@ def zero_out(task: str, input_size: int):
 
 
 def test_builtin_models_and_a_custom_one_by_module_path():
-    assert {"small_cnn", "mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0"} <= set(
-        available_models("classification"))
+    assert {"small_cnn", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet18",
+            "efficientnet_b0"} <= set(available_models("classification"))
     assert {"tiny_det", "ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn"} <= set(
         available_models("detection"))
     spec = get_spec("test_train_registry:custom_spec")
     assert build_model(spec, 5, 32)(torch.rand(2, 3, 32, 32)).shape == (2, 5)
     assert build_model(get_spec("mobilenet_v3_small"), 4, 64)(torch.rand(1, 3, 64, 64)).shape == (1, 4)
+    v2 = build_model(get_spec("mobilenet_v2"), 3, 64)
+    assert v2(torch.rand(1, 3, 64, 64)).shape == (1, 3) and v2.classifier[-1].in_features == 1280
     with pytest.raises(TrainingError, match="unknown model 'alexnet9'.*small_cnn"):
         get_spec("alexnet9")
     with pytest.raises(TrainingError, match="must be a trainer.train.models.ModelSpec"):
         get_spec("pathlib:PurePath")
+
+
+def test_every_builtin_model_is_in_the_docs_model_and_embedding_tables():
+    from trainer.train.models import BUILTIN
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    models = docs.split("## Models", 1)[1].split("\n\n", 2)[1]
+    embeddings = docs.split("| model | taken from | D |", 1)[1].split("\n\n", 1)[0]
+    for name, spec in BUILTIN.items():
+        assert f"`{name}`" in models, f"docs/training.md's model table lacks {name}"
+        if spec.task == "classification":
+            assert f"`{name}`" in embeddings, f"docs/training.md's embedding table lacks {name}"
 
 
 def test_pretrained_weights_from_a_file_skip_the_new_head(tmp_path: Path):

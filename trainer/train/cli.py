@@ -32,9 +32,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--drift", type=float, default=0.0, help="synthetic shapes: 0 = training look, 1 = drifted")
     m = parser.add_argument_group("model and training (override --config)")
     m.add_argument("--config", type=Path, help="TrainConfig as JSON or TOML (unknown keys are an error)")
-    m.add_argument("--model", help="model name: small_cnn, mobilenet_v3_small, mobilenet_v3_large, resnet18, "
-                   "efficientnet_b0, tiny_det, ssdlite320_mobilenet_v3_large, fasterrcnn_mobilenet_v3_large_320_fpn, "
-                   "an edgeloop.models entry point or module:function (default small_cnn)")
+    m.add_argument("--model", help="model name: small_cnn, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, "
+                   "resnet18, efficientnet_b0, tiny_det, ssdlite320_mobilenet_v3_large, "
+                   "fasterrcnn_mobilenet_v3_large_320_fpn, an edgeloop.models entry point or module:function "
+                   "(default small_cnn)")
     m.add_argument("--weights", help="pretrained weights: a local .pt state dict or a torchvision weights name")
     m.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner; default 30)")
     m.add_argument("--batch-size", type=int, help="batch size (default 32)")

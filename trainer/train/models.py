@@ -99,6 +99,8 @@ def _tiny_det(num_classes: int, input_size: int) -> nn.Module:
 BUILTIN: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("small_cnn", "classification", lambda c, _s: SmallCNN(c), 64, "logits", (0.5, 0.5, 0.5),
               (0.25, 0.25, 0.25), embedding=("head", "input")),
+    ModelSpec("mobilenet_v2", "classification", _torchvision_cls("mobilenet_v2"), 224, "logits",
+              embedding=("classifier", "input")),
     ModelSpec("mobilenet_v3_small", "classification", _torchvision_cls("mobilenet_v3_small"), 224, "logits",
               embedding=("classifier", "input")),
     ModelSpec("mobilenet_v3_large", "classification", _torchvision_cls("mobilenet_v3_large"), 224, "logits",
