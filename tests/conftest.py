@@ -65,6 +65,12 @@ def _pg_problem() -> str | None:
     return _pg_state["problem"]
 
 
+def preferred_backend() -> str:
+    """``postgresql`` where a server is usable (always in CI), else ``sqlite``: for a process-level test whose
+    subject is not the store, run once on the backend its deployment uses rather than twice."""
+    return "postgresql" if _pg_problem() is None else "sqlite"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     module = metafunc.module.__name__.rsplit(".", 1)[-1] + ".py"
     # EDGELOOP_TEST_ALL_BACKENDS=1: every module on both (to find what else still assumes SQLite).

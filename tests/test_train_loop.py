@@ -48,7 +48,9 @@ def test_a_diverging_loss_fails_the_round_with_advice(tmp_path):
     from trainer.train.round import run_round
 
     examples = get_generator("shapes").generate(45, np.random.default_rng(0), tmp_path / "img")
-    cfg = TrainConfig(input_size=16, epochs=2, batch_size=16, lr=1e12, num_workers=0, export={"enabled": False})
+    # min_steps=0: the loss is non-finite from the first steps; the 200-step floor only made it take longer.
+    cfg = TrainConfig(input_size=16, epochs=2, batch_size=16, lr=1e12, num_workers=0, min_steps=0,
+                      export={"enabled": False})
     with pytest.raises(TrainingError, match="lower the learning rate"):
         run_round(examples, cfg, tmp_path / "out")
     assert not (tmp_path / "out" / "model.pt").exists()
