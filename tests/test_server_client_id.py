@@ -47,3 +47,23 @@ def test_processes_starting_together_agree_on_the_suffix(tmp_path):
     outs = {p.communicate(timeout=120)[0].strip() for p in procs}
     assert all(p.returncode == 0 for p in procs)
     assert len(outs) == 1 and outs == {path.read_text().strip()}
+
+
+def test_a_bad_broker_option_names_the_option_and_exits_2(capsys) -> None:
+    import argparse
+
+    import pytest
+
+    from trainer.roles.cli import configure as configure_role
+    from trainer.server.cli import configure as configure_server
+
+    for build in (configure_server, lambda p: configure_role(p, "collector")):
+        parser = argparse.ArgumentParser(prog="edgeloop")
+        build(parser)
+        assert parser.parse_args(["--broker", "mq.local:8883"]).broker == ("mq.local", 8883)
+        for bad in ("mq.local", "mq.local:port", ":1883", "mq.local:70000"):
+            with pytest.raises(SystemExit) as e:
+                parser.parse_args(["--broker", bad])
+            assert e.value.code == 2
+            err = capsys.readouterr().err
+            assert "argument --broker: expected HOST:PORT" in err and "invalid literal" not in err

@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from trainer.server.config import ConfigError, ServerConfig, load_config
+from trainer.server.config import ConfigError, ServerConfig, broker_address, load_config
 
 log = logging.getLogger(__name__)
 ROLES = ("collector", "worker")
@@ -36,7 +36,7 @@ def configure(parser: argparse.ArgumentParser, role: str) -> None:
     parser.add_argument("--config", type=Path, help="the server's TOML file")
     parser.add_argument("--check-config", type=Path, metavar="FILE", help="validate FILE for this role and exit")
     parser.add_argument("--data-dir", type=Path, help="override store.data_dir (the image cache; SQLite's folder)")
-    parser.add_argument("--broker", metavar="HOST:PORT", help="override mqtt.host and mqtt.port")
+    parser.add_argument("--broker", metavar="HOST:PORT", type=broker_address, help="override mqtt.host and mqtt.port")
     parser.add_argument("--client-id", help="override mqtt.client_id (unique per process: the broker keeps its "
                                             "session, and a second client with the same id cuts the first off)")
     if role == "worker":
@@ -49,8 +49,8 @@ def for_role(config: ServerConfig, role: str, args: argparse.Namespace | None = 
     if args is not None and getattr(args, "data_dir", None):
         store = store.model_copy(update={"data_dir": args.data_dir})
     if args is not None and getattr(args, "broker", None):
-        host, _, port = args.broker.rpartition(":")
-        mqtt = mqtt.model_copy(update={"host": host, "port": int(port)})
+        host, port = args.broker
+        mqtt = mqtt.model_copy(update={"host": host, "port": port})
     if args is not None and getattr(args, "client_id", None):
         mqtt = type(mqtt).model_validate({**mqtt.model_dump(), "password": mqtt.password, "client_id": args.client_id})
     if role == "collector":

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from trainer.store import Conflict, InvalidLabel, NotFound, QueueFilter, Store
 
 from . import schemas as s
-from .auth import COOKIE, Auth, RateLimited, bearer, client_address, require_user, safe_next
+from .auth import COOKIE, Auth, RateLimited, bearer, require_user, safe_next
 from .deps import StoreDep, User, error_responses
 from .metrics import render as render_metrics
 

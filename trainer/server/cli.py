@@ -16,7 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import MQTT_PASSWORD_ENV, TOKEN_ENV, ConfigError, ServerConfig, load_config, resolve_token
+from .config import (MQTT_PASSWORD_ENV, TOKEN_ENV, ConfigError, ServerConfig, broker_address, load_config,
+                     resolve_token)
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="override store.data_dir")
     parser.add_argument("--host", help="override http.host")
     parser.add_argument("--port", type=int, help="override http.port")
-    parser.add_argument("--broker", metavar="HOST:PORT", help="override mqtt.host and mqtt.port")
+    parser.add_argument("--broker", metavar="HOST:PORT", type=broker_address, help="override mqtt.host and mqtt.port")
 
 
 def _overrides(config: ServerConfig, args: argparse.Namespace) -> ServerConfig:
@@ -44,8 +45,7 @@ def _overrides(config: ServerConfig, args: argparse.Namespace) -> ServerConfig:
     if args.port is not None:
         raw["http"]["port"] = args.port
     if args.broker:
-        host, _, port = args.broker.rpartition(":")
-        raw["mqtt"]["host"], raw["mqtt"]["port"] = host, int(port)
+        raw["mqtt"]["host"], raw["mqtt"]["port"] = args.broker
     for section in ("http", "mqtt"):  # SecretStr dumps masked: keep the originals
         for key in ("token", "password"):
             if key in raw[section]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import os
 import re
 import secrets
@@ -196,6 +198,14 @@ def resolve_token(config: ServerConfig, env: dict[str, str] | None = None) -> tu
         raise ConfigError(f"http.token (or ${TOKEN_ENV}) is a placeholder or shorter than {MIN_TOKEN_LEN} "
                           "characters; set a real secret")
     return token, False
+
+
+def broker_address(text: str) -> tuple[str, int]:
+    """``--broker HOST:PORT`` as argparse's ``type``: a bad value names the option, not ``int()``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port from 1 to 65535, got {text!r}")
+    return host, int(port)
 
 
 CLIENT_ID_FILE = "mqtt_client_id"  # in store.data_dir: this server's client id suffix
