@@ -35,17 +35,13 @@ from protocol.topics import config_topic
 from trainer.publish.mqttlink import NotSent
 
 from . import records
+from .errors import FleetError
 
 log = logging.getLogger(__name__)
 
 
-class BundleError(Exception):
-    """A push or rollback that cannot happen; ``status`` is the HTTP status that says why."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        self.status = status
-        self.detail = detail
-        super().__init__(detail)
+class BundleError(FleetError):
+    """A push or rollback that cannot happen."""
 
 
 class Bundles:

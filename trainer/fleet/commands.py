@@ -29,6 +29,7 @@ from protocol import Command, ProtocolError, Status, encode
 from protocol.topics import command_topic
 
 from . import records
+from .errors import FleetError
 
 log = logging.getLogger(__name__)
 ACTIONS = Command.ACTIONS
@@ -39,13 +40,8 @@ COMMAND_TTL_S = 600.0
 MAX_GROUP = 1000  # agents one group command may address
 
 
-class CommandError(Exception):
-    """A command that cannot be sent; ``status`` is the HTTP status that says why."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        self.status = status
-        self.detail = detail
-        super().__init__(detail)
+class CommandError(FleetError):
+    """A command that cannot be sent."""
 
 
 class Commander:

@@ -23,8 +23,8 @@ from trainer.server.auth import require_user
 from trainer.server.deps import StoreDep, User, error_responses
 
 from . import records
-from .bundles import BundleError
-from .commands import MAX_TIMEOUT_S, CommandError
+from .commands import MAX_TIMEOUT_S
+from .errors import FleetError
 
 AgentId = Annotated[str, Path(pattern=ID_PATTERN, description="the agent id")]
 Group = Annotated[str, Path(pattern=ID_PATTERN, description="the agent group (an agent config's groups)")]
@@ -101,7 +101,7 @@ def _refusals():
     """A command or bundle the fleet refuses: its own status and reason."""
     try:
         yield
-    except (CommandError, BundleError) as e:
+    except FleetError as e:
         raise HTTPException(e.status, e.detail) from e
 
 
