@@ -18,6 +18,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -33,12 +34,30 @@ CHECKPOINT_EVERY_S = 0.5
 def connect(path: Path, *, busy_timeout_ms: int, synchronous: str = "FULL") -> Conn:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    _journal_wal(conn, busy_timeout_ms)
     # FULL: the WAL is fsynced at every commit, so a receipt sent after a
     # commit survives a power cut, not only a process crash.
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
     return Conn(conn, SQLITE)
+
+
+def _journal_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Switch to WAL, waiting out another process that is doing the same.
+
+    Switching a new file to WAL takes an exclusive lock and SQLite does not
+    always call the busy handler for it: two collectors opening one fresh
+    database together got "database is locked" at once, and one crashed.
+    """
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 class ClosedError(RuntimeError):
